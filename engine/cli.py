@@ -1,0 +1,162 @@
+"""`sana-serve` command line. Bad input: one clear line on stderr and exit code 2, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+class UsageError(Exception):
+    pass
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seconds must be a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"--seconds must be a positive number, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--seed must be a non-negative integer, got {text}")
+    return value
+
+
+def _check_writable(path: Path, what: str) -> None:
+    parent = path.resolve().parent
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a directory")
+    if not parent.is_dir():
+        raise UsageError(f"{what} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{what} {path} is not writable")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's default prints usage too)
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sana-serve", description="Streaming text-to-video with block-causal linear DiTs")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    g = sub.add_parser("generate", help="generate one video to an MP4 file")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--seconds", type=_positive_seconds, required=True)
+    g.add_argument("--seed", type=_seed, default=0)
+    g.add_argument("--out", type=Path, required=True, help="output .mp4 path")
+    g.add_argument("--config", default="shapes-tiny", help="config name in configs/ or a .yaml path")
+    g.add_argument("--checkpoint", type=Path, help="checkpoint directory (Hugging Face layout), overrides the config's")
+    g.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--negative-prompt", default="")
+    g.add_argument("--steps", type=int, help="denoising steps per block (default: the config's)")
+    g.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off)")
+    g.add_argument("--report", type=Path, help="write a JSON report: per-block seconds, time to first block, peak RSS")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def cmd_generate(args) -> int:
+    from tqdm import tqdm
+
+    from engine import GenerationRequest, load_engine
+    from engine.video import Mp4Writer
+
+    if args.out.suffix.lower() != ".mp4":
+        raise UsageError(f"--out must end in .mp4, got {args.out}")
+    _check_writable(args.out, "--out")
+    if args.report is not None:
+        _check_writable(args.report, "--report")
+    if args.checkpoint is not None and not (args.checkpoint / "model_index.json").is_file():
+        raise UsageError(f"--checkpoint {args.checkpoint} is not a checkpoint directory (no model_index.json)")
+
+    t_load = time.perf_counter()
+    engine = load_engine(args.config, checkpoint=args.checkpoint, device=args.device, precision=args.precision)
+    load_s = time.perf_counter() - t_load
+    req = GenerationRequest(prompt=args.prompt, seconds=args.seconds, seed=args.seed,
+                            negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+                            guidance_scale=args.guidance)
+    try:
+        engine.validate(req)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+    video = engine.config.video
+    total = engine.total_frames(args.seconds)
+    blocks, state_bytes = [], 0
+    start = time.perf_counter()
+    first_block_s = None
+    bar = tqdm(total=total, unit="frame", desc="generating", disable=args.quiet, file=sys.stderr)
+    with Mp4Writer(args.out, video.width, video.height, video.fps) as writer:
+        for block in engine.stream(req):
+            if first_block_s is None:
+                first_block_s = time.perf_counter() - start
+            writer.write(block.frames)
+            blocks.append({"index": block.index, "frames": block.frame_count, "seconds": round(block.seconds, 6)})
+            state_bytes = block.state_bytes
+            bar.update(block.frame_count)
+            bar.set_postfix(block=f"{block.index + 1}/{block.num_blocks}")
+    bar.close()
+    total_s = time.perf_counter() - start
+
+    report = {
+        "config": engine.config.name,
+        "checkpoint": str(engine.config.checkpoint) if engine.config.checkpoint else None,
+        "random_weights": engine.config.checkpoint is None,
+        "prompt": args.prompt, "seconds": args.seconds, "seed": args.seed, "fps": video.fps,
+        "frames": sum(b["frames"] for b in blocks),
+        "blocks": blocks,
+        "time_to_first_block_s": round(first_block_s, 6),
+        "total_s": round(total_s, 6),
+        "load_s": round(load_s, 6),
+        "realtime_factor": round(args.seconds / total_s, 4),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "state_bytes": state_bytes,
+    }
+    if args.report is not None:
+        args.report.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out} ({report['frames']} frames, {total_s:.2f}s, {report['realtime_factor']:.2f}x realtime)",
+          file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from engine.config import ConfigError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except (UsageError, ConfigError, ValueError, FileNotFoundError, PermissionError) as e:
+        print(f"sana-serve: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sana-serve: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug or a failing dependency: still one line, not a wall of traceback
+        if os.environ.get("SANA_SERVE_DEBUG"):
+            raise
+        print(f"sana-serve: error: {type(e).__name__}: {e} (set SANA_SERVE_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

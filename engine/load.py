@@ -1,0 +1,63 @@
+"""Build an Engine from a config (and optionally a checkpoint directory that overrides it)."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from engine.checkpoint import load_transformer, read_config
+from engine.config import ConfigError, ModelConfig, load_config
+from engine.model.text_encoder import TextEncoder
+from engine.model.transformer import SanaVideoTransformer
+from engine.model.vae import CausalVideoVAE, load_vae
+from engine.rollout import Engine
+
+log = logging.getLogger("sana_serve.engine")
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_random_models(cfg: ModelConfig) -> tuple[SanaVideoTransformer, CausalVideoVAE]:
+    """Seeded random weights at the config's shape: lets everything run before a model is trained."""
+    spec = cfg.random_init or {}
+    torch.manual_seed(int(spec.get("seed", 0)))
+    transformer = SanaVideoTransformer(**spec.get("transformer", {}))
+    vae = CausalVideoVAE(**spec.get("vae", {}))
+    return transformer, vae
+
+
+def load_engine(config: str | os.PathLike | ModelConfig = "shapes-tiny", checkpoint: str | os.PathLike | None = None,
+                device: str | torch.device | None = None, precision: str = "fp32") -> Engine:
+    cfg = config if isinstance(config, ModelConfig) else load_config(config)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device = torch.device(device) if device is not None else default_device()
+    root = Path(checkpoint) if checkpoint is not None else cfg.checkpoint
+    text_path = cfg.text_encoder
+    if root is not None:
+        if not (root / "model_index.json").is_file():
+            raise ConfigError(f"checkpoint {root} has no model_index.json")
+        transformer = load_transformer(root, device)
+        vae = load_vae(root / "vae")
+        if (root / "text_encoder").is_dir():
+            text_path = root / "text_encoder"
+        cfg.checkpoint = root
+    else:
+        log.warning("config %s has no trained checkpoint: running RANDOM (untrained) weights at its shape", cfg.name)
+        transformer, vae = build_random_models(cfg)
+    tokenizer = root / "tokenizer" if root is not None and (root / "tokenizer").is_dir() else None
+    text = TextEncoder(text_path, tokenizer, max_length=cfg.text_max_length, device=device)
+    caption = transformer.config["caption_channels"]
+    if text.hidden_size != caption:
+        raise ConfigError(f"text encoder is {text.hidden_size} wide but the transformer expects {caption}")
+    if cfg.video.height % vae.spatial_compression or cfg.video.width % vae.spatial_compression:
+        raise ConfigError(f"video size {cfg.video.width}x{cfg.video.height} is not a multiple of the VAE's "
+                          f"{vae.spatial_compression}x spatial compression")
+    transformer = transformer.to(device=device, dtype=PRECISIONS[precision])
+    return Engine(transformer, vae.to(device), text, cfg, device)
