@@ -7,14 +7,14 @@ plus the last latent frame fed to each layer's temporal conv (the conv is causal
 chunks, so it needs one frame of the past). None of these grow with the video length, which
 is why a minute-long video costs the memory of a one-second one.
 
-With `window_chunks=N` only the last N chunks are remembered: we keep each chunk's own
-contribution in a ring of N entries and re-sum it, so nothing is ever subtracted (which
-would let fp32 rounding drift over thousands of chunks).
+With `window_chunks=N` only the last N chunks are remembered (a chunk always sees itself
+plus those N): each chunk's own contribution goes into a preallocated ring of N slots that is
+re-summed, so nothing is ever subtracted (which would let fp32 rounding drift over thousands
+of chunks) and the size is fixed from the first chunk on.
 """
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -24,7 +24,8 @@ class LayerState:
     vk: torch.Tensor  # (B, H, d_v, d_k) fp32
     k_sum: torch.Tensor  # (B, H, d_k) fp32
     conv_tail: torch.Tensor | None = None  # (B, 1, tokens_per_frame, C): last frame of the temporal-conv input
-    window: deque = field(default_factory=deque)  # per-chunk (vk, k_sum) when windowed
+    ring_vk: torch.Tensor | None = None  # (N, B, H, d_v, d_k) per-chunk contributions when windowed
+    ring_k_sum: torch.Tensor | None = None  # (N, B, H, d_k)
 
 
 class StreamState:
@@ -37,10 +38,14 @@ class StreamState:
         self.window_chunks = window_chunks
         self.next_frame = 0  # absolute index of the next latent frame (temporal RoPE position)
         self.chunks_seen = 0
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float32, device=device)  # noqa: E731
+        ring = window_chunks or 0
         self.layers = [
             LayerState(
-                vk=torch.zeros(batch_size, heads, head_dim, head_dim, dtype=torch.float32, device=device),
-                k_sum=torch.zeros(batch_size, heads, head_dim, dtype=torch.float32, device=device),
+                vk=zeros(batch_size, heads, head_dim, head_dim),
+                k_sum=zeros(batch_size, heads, head_dim),
+                ring_vk=zeros(ring, batch_size, heads, head_dim, head_dim) if ring else None,
+                ring_k_sum=zeros(ring, batch_size, heads, head_dim) if ring else None,
             )
             for _ in range(num_layers)
         ]
@@ -53,11 +58,11 @@ class StreamState:
             st.vk += vk
             st.k_sum += k_sum
             return
-        st.window.append((vk, k_sum))
-        if len(st.window) > self.window_chunks:
-            st.window.popleft()
-        st.vk = torch.stack([c[0] for c in st.window]).sum(0)
-        st.k_sum = torch.stack([c[1] for c in st.window]).sum(0)
+        slot = self.chunks_seen % self.window_chunks  # overwrite the oldest chunk
+        st.ring_vk[slot] = vk
+        st.ring_k_sum[slot] = k_sum
+        st.vk = st.ring_vk.sum(0)
+        st.k_sum = st.ring_k_sum.sum(0)
 
     def advance(self, num_frames: int) -> None:
         """Called once per clean chunk after every layer has been updated."""
@@ -67,11 +72,7 @@ class StreamState:
     def tensors(self) -> list[torch.Tensor]:
         out = []
         for st in self.layers:
-            out += [st.vk, st.k_sum]
-            if st.conv_tail is not None:
-                out.append(st.conv_tail)
-            for vk, ks in st.window:
-                out += [vk, ks]
+            out += [t for t in (st.vk, st.k_sum, st.conv_tail, st.ring_vk, st.ring_k_sum) if t is not None]
         return out
 
     def nbytes(self) -> int:
@@ -83,12 +84,8 @@ class StreamState:
             "window_chunks": self.window_chunks,
             "next_frame": self.next_frame,
             "chunks_seen": self.chunks_seen,
-            "layers": [
-                {"vk": st.vk.clone(), "k_sum": st.k_sum.clone(),
-                 "conv_tail": None if st.conv_tail is None else st.conv_tail.clone(),
-                 "window": [(a.clone(), b.clone()) for a, b in st.window]}
-                for st in self.layers
-            ],
+            "layers": [{name: None if t is None else t.clone() for name, t in vars(st).items()}
+                       for st in self.layers],
         }
 
     @classmethod
@@ -97,6 +94,5 @@ class StreamState:
         self.window_chunks = sd["window_chunks"]
         self.next_frame = sd["next_frame"]
         self.chunks_seen = sd["chunks_seen"]
-        self.layers = [LayerState(vk=l["vk"], k_sum=l["k_sum"], conv_tail=l["conv_tail"],
-                                  window=deque(l["window"])) for l in sd["layers"]]
+        self.layers = [LayerState(**layer) for layer in sd["layers"]]
         return self
