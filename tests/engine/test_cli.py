@@ -1,0 +1,60 @@
+"""The CLI as a user runs it: a real subprocess, real files."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from engine.video import decode_video
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def assert_clean_error(proc, *needles):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("sana-serve: error:"), proc.stderr
+    for n in needles:
+        assert n in last, last
+
+
+def test_generate_writes_a_decodable_video_and_report(tmp_path):
+    out, report = tmp_path / "v.mp4", tmp_path / "r.json"
+    proc = run("generate", "--prompt", "a red circle moving left on a gray background", "--seconds", "1.5",
+               "--seed", "2", "--out", str(out), "--report", str(report), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    frames = decode_video(out)
+    assert frames.shape == (24, 64, 64, 3)
+    r = json.loads(report.read_text())
+    assert sum(b["frames"] for b in r["blocks"]) == 24 and len(r["blocks"]) == 2
+    assert r["time_to_first_block_s"] > 0 and r["peak_rss_bytes"] > 0 and r["state_bytes"] > 0
+    assert all(b["seconds"] > 0 for b in r["blocks"])
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--config", "no-such-model"], ["unknown config", "no-such-model"]),
+    (["--seconds", "-2"], ["--seconds", "positive"]),
+    (["--seconds", "abc"], ["--seconds"]),
+    (["--seed", "-1"], ["--seed"]),
+    (["--out", "/nonexistent-dir/x.mp4"], ["does not exist"]),
+    (["--out", "/etc/hostname/x.mp4"], ["--out"]),
+    (["--out", "video.avi"], [".mp4"]),
+    (["--checkpoint", "/tmp"], ["--checkpoint"]),
+])
+def test_bad_arguments_give_one_clear_line(tmp_path, args, needles):
+    base = {"--prompt": "a red circle moving left on a gray background", "--seconds": "1",
+            "--out": str(tmp_path / "x.mp4")}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    argv = ["generate"] + [x for kv in base.items() for x in kv]
+    proc = run(*argv, timeout=120)
+    assert_clean_error(proc, *needles)
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_missing_command_and_unknown_flag():
+    assert_clean_error(run())
+    assert_clean_error(run("generate", "--prompt", "x", "--seconds", "1", "--out", "a.mp4", "--bogus"), "--bogus")
