@@ -75,10 +75,14 @@ class RotaryEmbedding3D(nn.Module):
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]). x: (B, N, H, D); cos/sin: (N, D/2)."""
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    """Rotate interleaved pairs (x[2i], x[2i+1]) by per-token angles. x: (B, N, H, D); cos/sin: (N, D/2)."""
+    pairs = x.unflatten(-1, (-1, 2))
+    x1, x2 = pairs[..., 0], pairs[..., 1]
     cos, sin = cos[:, None], sin[:, None]
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    out = torch.empty_like(pairs)
+    torch.addcmul(x1 * cos, x2, sin, value=-1, out=out[..., 0])
+    torch.addcmul(x1 * sin, x2, cos, out=out[..., 1])
+    return out.flatten(-2)
 
 
 class LinearSelfAttention(nn.Module):

@@ -105,13 +105,18 @@ class GLUMBTempConv(nn.Module):
         h = F.linear(h * F.silu(gate), self.conv_point.weight.flatten(1))  # (B*F, H, W, C)
         h = h.reshape(b, frames, height * width, c)
 
-        # Temporal conv, kernel 3: out[f] = W0·x[f-1] + W1·x[f] + W2·x[f+1], done as one GEMM over
-        # [x_prev | x | x_next]. The left neighbour of the first frame comes from the past chunk
-        # (zeros at the very start), the right neighbour of the last frame is zero: no look-ahead.
-        prev = torch.cat([tail if tail is not None else torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
-        nxt = torch.cat([h[:, 1:], torch.zeros_like(h[:, :1])], dim=1)
-        w = self.conv_temp.weight[..., 0].permute(0, 2, 1).reshape(c, 3 * c)  # (C_out, [k0|k1|k2]·C_in)
-        out = h + F.linear(torch.cat([prev, h, nxt], dim=-1), w)
+        # Temporal conv, kernel 3: out[f] = h[f] + W0·h[f-1] + W1·h[f] + W2·h[f+1]. One GEMM gives
+        # all three taps for every frame; the shifted taps are then added in place, which avoids
+        # materialising shifted copies of h. The left neighbour of the first frame is the past
+        # chunk's last frame (`tail`; zeros at the very start); the last frame has no right
+        # neighbour: no look-ahead into the next chunk.
+        w = self.conv_temp.weight[..., 0].permute(2, 0, 1).reshape(3 * c, c)  # [W0; W1; W2]
+        taps = F.linear(h, w)  # (B, F, HW, 3C)
+        out = h + taps[..., c:2 * c]
+        out[:, 1:] += taps[:, :-1, :, :c]
+        out[:, :-1] += taps[:, 1:, :, 2 * c:]
+        if tail is not None:
+            out[:, :1] += F.linear(tail, w[:c])
         return out.reshape(b, -1, c), h[:, -1:]
 
 
