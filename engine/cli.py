@@ -68,7 +68,59 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off)")
     g.add_argument("--report", type=Path, help="write a JSON report: per-block seconds, time to first block, peak RSS")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    t = sub.add_parser("train", help="train the built-in Shapes model (resumable; see engine/train.py)")
+    t.add_argument("phase", choices=["vae", "latents", "transformer", "export"])
+    t.add_argument("--work", type=Path, required=True, help="directory for resumable training state and loss logs")
+    t.add_argument("--config", default="shapes-tiny", help="config whose random_init section gives the architecture")
+    t.add_argument("--steps", type=int, default=None, help="total optimiser steps for this phase")
+    t.add_argument("--batch", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--clips", type=int, default=4096, help="latents phase: clips to render and encode")
+    t.add_argument("--out", type=Path, help="export phase: checkpoint directory to write")
+    e = sub.add_parser("eval", help="generate fixed prompt sets and judge them with the Shapes checker")
+    e.add_argument("--config", default="shapes-tiny")
+    e.add_argument("--checkpoint", type=Path)
+    e.add_argument("--set", dest="sets", action="append", choices=["template", "heldout", "paraphrase", "long"],
+                   help="prompt set(s) to run (repeatable; default: all four)")
+    e.add_argument("--limit", type=int, help="videos per set (default: 48 / 24 / 48 / 8)")
+    e.add_argument("--seconds", type=_positive_seconds, help="override the video length of every set")
+    e.add_argument("--json", type=Path, help="write per-video results and the summary here")
+    e.add_argument("--device")
     return parser
+
+
+def cmd_eval(args) -> int:
+    from engine import load_engine
+    from engine.eval import SETS, format_table, run_eval, write_json
+
+    if args.json is not None:
+        _check_writable(args.json, "--json")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be >= 1")
+    engine = load_engine(args.config, checkpoint=args.checkpoint, device=args.device)
+    report = run_eval(engine, args.sets or list(SETS), args.limit, args.seconds)
+    print(format_table(report))
+    if args.json is not None:
+        write_json(report, args.json)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from engine import train
+
+    opts = {k: v for k, v in (("steps", args.steps), ("batch", args.batch), ("lr", args.lr)) if v is not None}
+    if args.phase == "vae":
+        train.train_vae(args.work, args.config, **{"steps": 1500, **opts})
+    elif args.phase == "latents":
+        train.build_latent_bank(args.work, args.config, clips=args.clips)
+    elif args.phase == "transformer":
+        train.train_transformer(args.work, args.config, **{"steps": 3000, **opts})
+    else:
+        if args.out is None:
+            raise UsageError("train export needs --out DIR")
+        train.export(args.work, args.config, args.out)
+        print(f"wrote checkpoint {args.out}", file=sys.stderr)
+    return 0
 
 
 def cmd_generate(args) -> int:
@@ -135,7 +187,7 @@ def cmd_generate(args) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate}
+COMMANDS = {"generate": cmd_generate, "train": cmd_train, "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

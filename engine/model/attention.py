@@ -79,10 +79,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     pairs = x.unflatten(-1, (-1, 2))
     x1, x2 = pairs[..., 0], pairs[..., 1]
     cos, sin = cos[:, None], sin[:, None]
-    out = torch.empty_like(pairs)
-    torch.addcmul(x1 * cos, x2, sin, value=-1, out=out[..., 0])
-    torch.addcmul(x1 * sin, x2, cos, out=out[..., 1])
-    return out.flatten(-2)
+    rotated = (torch.addcmul(x1 * cos, x2, sin, value=-1), torch.addcmul(x1 * sin, x2, cos))
+    return torch.stack(rotated, dim=-1).flatten(-2)
 
 
 class LinearSelfAttention(nn.Module):

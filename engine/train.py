@@ -1,0 +1,325 @@
+"""Training the built-in Shapes model on CPU: first the causal VAE, then the block-causal transformer.
+
+    sana-serve train vae         --work DIR [--steps N]   # reconstruction + small KL
+    sana-serve train latents     --work DIR [--clips N]   # render + encode a clip bank once
+    sana-serve train transformer --work DIR [--steps N]   # flow matching, teacher-forced chunks
+    sana-serve train export      --work DIR --out models/shapes-tiny
+
+Every phase resumes from DIR/<phase>.pt (model, optimiser, step, RNG) and appends its loss to
+DIR/<phase>_loss.csv; Ctrl-C or a kill loses at most `--save-every` steps.
+
+The transformer is trained exactly the way the engine samples it: chunk by chunk through
+`forward_chunk`, a noisy chunk (own noise level per chunk, diffusion-forcing style) attends to
+the state built from the clean earlier chunks, and the clean chunk is folded in afterwards.
+Gradients flow through the state into the earlier clean passes, so the model learns what to
+write into the state as well as how to read it. Attention is windowed like inference.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.config import load_config
+from engine.model.transformer import SanaVideoTransformer
+from engine.model.vae import CausalVideoVAE
+from engine.sampler import shift_sigmas
+from engine.shapes import Scene, paraphrase, render, template_prompt, training_combinations
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+def random_clip(rng: np.random.Generator, frames: int, combos) -> tuple[np.ndarray, tuple]:
+    combo = combos[rng.integers(len(combos))]
+    scene = Scene(*combo, x=int(rng.integers(64)), y=int(rng.integers(64)))
+    return render(scene, frames), combo
+
+
+def to_tensor(video: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (3, T, H, W) in [-1, 1]."""
+    return torch.from_numpy(video).permute(3, 0, 1, 2).float() / 127.5 - 1
+
+
+def random_prompt(rng: np.random.Generator, combo) -> str:
+    """Half template, half paraphrase, so both phrasings map to the same scene."""
+    if rng.random() < 0.5:
+        return template_prompt(*combo)
+    return paraphrase(*combo, rng=rng)
+
+
+class Checkpointer:
+    """Resumable training state + a CSV loss log for one phase (means over each logging interval)."""
+
+    def __init__(self, work: Path, phase: str):
+        self.path = work / f"{phase}.pt"
+        self.log_path = work / f"{phase}_loss.csv"
+        work.mkdir(parents=True, exist_ok=True)
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def accumulate(self, **values) -> None:
+        for k, v in values.items():
+            self._sums[k] = self._sums.get(k, 0.0) + float(v)
+        self._count += 1
+
+    def flush(self, step: int) -> None:
+        if self._count:
+            self.log(step, **{k: v / self._count for k, v in self._sums.items()})
+        self._sums, self._count = {}, 0
+
+    def load(self, model, opt) -> int:
+        if not self.path.is_file():
+            return 0
+        ck = torch.load(self.path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        torch.set_rng_state(ck["torch_rng"])
+        return int(ck["step"])
+
+    def save(self, model, opt, step: int, extra: dict | None = None) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                    "torch_rng": torch.get_rng_state(), **(extra or {})}, tmp)
+        os.replace(tmp, self.path)  # atomic: a kill mid-save keeps the previous checkpoint
+
+    def log(self, step: int, **values) -> None:
+        new = not self.log_path.is_file()
+        with self.log_path.open("a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "time", *values])
+            w.writerow([step, f"{time.time():.1f}", *(f"{v:.6f}" for v in values.values())])
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup)))))
+
+
+def _progress(total: int, initial: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# phase 1: VAE
+# ---------------------------------------------------------------------------------------------
+def train_vae(work: Path, config: str, steps: int, batch: int = 8, frames: int = 16, lr: float = 1e-3,
+              kl_weight: float = 1e-4, save_every: int = 100, seed: int = 0) -> CausalVideoVAE:
+    cfg = load_config(config)
+    torch.manual_seed(seed)
+    vae = CausalVideoVAE(**(cfg.random_init or {}).get("vae", {}))
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    ck = Checkpointer(work, "vae")
+    step = ck.load(vae, opt)
+    rng = np.random.default_rng(seed + step)  # resumed runs continue with fresh, reproducible data
+    from engine.shapes import all_combinations
+
+    combos = all_combinations()  # the VAE only reconstructs pixels: every combination is fair game
+    bar = _progress(steps, step, "vae")
+    vae.train()
+    while step < steps:
+        video = torch.stack([to_tensor(random_clip(rng, frames, combos)[0]) for _ in range(batch)])
+        mean, logvar = vae.encode_distribution(video)
+        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        recon = vae.decode(vae.normalize_latents(z))
+        # The object covers ~5% of the pixels but is all the checker (and a viewer) cares about:
+        # weight pixels that differ from the frame's background (its corner colour) 8x.
+        obj = (video - video[..., :1, :1]).abs().amax(dim=1, keepdim=True) > 0.05
+        weight = 1 + 7 * obj.float()
+        err = recon - video
+        rec = ((err.abs() + err.pow(2)) * weight).mean() / weight.mean()
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+        loss = rec + kl_weight * kl
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, steps, lr)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(rec=f"{rec.item():.4f}", kl=f"{kl.item():.3f}")
+        ck.accumulate(loss=loss.item(), rec=rec.item(), kl=kl.item())
+        if step % 10 == 0:
+            ck.flush(step)
+        if step % save_every == 0 or step == steps:
+            ck.save(vae, opt, step)
+    bar.close()
+    vae.eval()
+    return vae
+
+
+def load_trained_vae(work: Path, config: str) -> CausalVideoVAE:
+    cfg = load_config(config)
+    vae = CausalVideoVAE(**(cfg.random_init or {}).get("vae", {}))
+    ck = torch.load(work / "vae.pt", map_location="cpu", weights_only=False)
+    vae.load_state_dict(ck["model"])
+    stats = ck.get("latent_stats")
+    if stats is not None:
+        vae = CausalVideoVAE(**{**vae.config, "latent_mean": stats["mean"], "latent_std": stats["std"]})
+        vae.load_state_dict(ck["model"])
+    return vae.eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------------
+# phase 2: a bank of encoded clips (rendering + encoding is a third of a step otherwise)
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def build_latent_bank(work: Path, config: str, clips: int, chunks: int = 3, seed: int = 1) -> None:
+    """`clips` rendered training clips of `chunks` chunks each, encoded once (fp16 on disk)."""
+    vae = load_trained_vae(work, config)
+    latent_frames = chunks * load_config(config).sampling.chunk_frames
+    ck_path = work / "vae.pt"
+    ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+    rng = np.random.default_rng(seed)
+    combos = training_combinations()
+    frames = latent_frames * vae.temporal_compression
+    raw, labels = [], []
+    from tqdm import tqdm
+
+    for start in tqdm(range(0, clips, 16), desc="encode clips", unit="batch"):
+        n = min(16, clips - start)
+        batch = [random_clip(rng, frames, combos) for _ in range(n)]
+        video = torch.stack([to_tensor(v) for v, _ in batch])
+        mean, _ = vae.encode_distribution(video)
+        raw.append(mean.half())
+        labels += [c for _, c in batch]
+    raw = torch.cat(raw).float()
+    # per-channel statistics so the transformer sees unit-variance latents
+    mean = raw.mean(dim=(0, 2, 3, 4))
+    std = raw.std(dim=(0, 2, 3, 4))
+    ck["latent_stats"] = {"mean": mean.tolist(), "std": std.tolist()}
+    torch.save(ck, ck_path)
+    latents = ((raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)).half()
+    torch.save({"latents": latents, "combos": labels}, work / "latents.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# phase 3: transformer
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class FlowRecipe:
+    chunk_frames: int
+    window_chunks: int | None
+    flow_shift: float
+    uncond_prob: float = 0.1  # empty prompt, so classifier-free guidance is available
+    context_noise: float = 0.05  # max noise on the clean context: robustness to imperfect own output
+
+
+def teacher_forced_loss(model: SanaVideoTransformer, latents: torch.Tensor, text, recipe: FlowRecipe,
+                        gen: torch.Generator) -> torch.Tensor:
+    """Flow-matching loss of every chunk of `latents` (B, C, F, H, W), each at its own noise level,
+    predicted from the clean earlier chunks through the stream state (exactly the sampling path)."""
+    b, _, frames, _, _ = latents.shape
+    n = recipe.chunk_frames
+    chunks = latents.split(n, dim=2)
+    state = model.new_state(b, recipe.window_chunks)
+    losses = []
+    zero = torch.zeros(b)
+    for i, x0 in enumerate(chunks):
+        u = torch.sigmoid(torch.randn(b, generator=gen))  # logit-normal noise levels
+        sigma = shift_sigmas(u, recipe.flow_shift).view(b, 1, 1, 1, 1)
+        eps = torch.randn(x0.shape, generator=gen)
+        noisy = (1 - sigma) * x0 + sigma * eps
+        pred = model.forward_chunk(noisy, 1000 * sigma.flatten(), text, state)
+        losses.append(F.mse_loss(pred, eps - x0))
+        if i + 1 < len(chunks):
+            a = recipe.context_noise * torch.rand(b, 1, 1, 1, 1, generator=gen)
+            context = (1 - a) * x0 + a * torch.randn(x0.shape, generator=gen)
+            model.forward_chunk(context, zero, text, state, update_state=True)
+    return torch.stack(losses).mean()
+
+
+def train_transformer(work: Path, config: str, steps: int, batch: int = 16, lr: float = 5e-4,
+                      save_every: int = 50, seed: int = 0) -> SanaVideoTransformer:
+    from engine.model.text_encoder import TextEncoder
+
+    cfg = load_config(config)
+    s = cfg.sampling
+    recipe = FlowRecipe(s.chunk_frames, s.window_chunks, s.flow_shift)
+    torch.manual_seed(seed)
+    model = SanaVideoTransformer(**(cfg.random_init or {})["transformer"])
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+    ck = Checkpointer(work, "transformer")
+    step = ck.load(model, opt)
+    bank = torch.load(work / "latents.pt", weights_only=False)
+    latents, combos = bank["latents"], bank["combos"]
+    text_encoder = TextEncoder(cfg.text_encoder, max_length=cfg.text_max_length)
+    rng = np.random.default_rng(seed + step)
+    gen = torch.Generator().manual_seed(seed + step)
+    bar = _progress(steps, step, "transformer")
+    model.train()
+    while step < steps:
+        idx = rng.integers(len(latents), size=batch)
+        x = latents[torch.from_numpy(idx)].float()
+        prompts = ["" if rng.random() < recipe.uncond_prob else random_prompt(rng, combos[i]) for i in idx]
+        states, mask = text_encoder.encode(prompts)
+        text = model.encode_text(states, mask)
+        loss = teacher_forced_loss(model, x, text, recipe, gen)
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, steps, lr)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        ck.accumulate(loss=loss.item(), grad_norm=float(gnorm), lr=opt.param_groups[0]["lr"])
+        if step % 5 == 0:
+            ck.flush(step)
+        if step % save_every == 0 or step == steps:
+            ck.save(model, opt, step)
+    bar.close()
+    return model.eval()
+
+
+def export(work: Path, config: str, out: Path) -> None:
+    """Write the trained parts as a Hugging Face-layout checkpoint the engine loads."""
+    from engine.checkpoint import save_transformer, write_model_index
+
+    cfg = load_config(config)
+    vae = load_trained_vae(work, config)
+    model = SanaVideoTransformer(**(cfg.random_init or {})["transformer"])
+    model.load_state_dict(torch.load(work / "transformer.pt", map_location="cpu", weights_only=False)["model"])
+    out.mkdir(parents=True, exist_ok=True)
+    save_transformer(out, model)
+    vae.save_pretrained(out / "vae")
+    plot_losses(work, out / "loss.png")
+    write_model_index(out, {"transformer": ["sana_serve", "SanaVideoTransformer"],
+                            "vae": ["sana_serve", "CausalVideoVAE"],
+                            "text_encoder": ["sana_serve", cfg.text_encoder]})
+
+
+def plot_losses(work: Path, path: Path) -> None:
+    """Loss curves of both phases, from their CSV logs, as one PNG for the model card."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+    for ax, phase, key in ((axes[0], "vae", "rec"), (axes[1], "transformer", "loss")):
+        log = work / f"{phase}_loss.csv"
+        if not log.is_file():
+            continue
+        with log.open() as f:
+            rows = list(csv.DictReader(f))
+        ax.plot([int(r["step"]) for r in rows], [float(r[key]) for r in rows])
+        ax.set(xlabel="step", ylabel=key, title=f"{phase} ({key})", yscale="log")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
