@@ -220,12 +220,16 @@ class FlowRecipe:
 
 
 def teacher_forced_loss(model: SanaVideoTransformer, latents: torch.Tensor, text, recipe: FlowRecipe,
-                        gen: torch.Generator) -> torch.Tensor:
+                        gen: torch.Generator, first_chunk: int | None = None) -> torch.Tensor:
     """Flow-matching loss of every chunk of `latents` (B, C, F, H, W), each at its own noise level,
-    predicted from the clean earlier chunks through the stream state (exactly the sampling path)."""
+    predicted from the clean earlier chunks through the stream state (exactly the sampling path).
+
+    `first_chunk` frames form the first chunk (the engine's first block takes the remainder of
+    the video's length, so it can be shorter than the others)."""
     b, _, frames, _, _ = latents.shape
     n = recipe.chunk_frames
-    chunks = latents.split(n, dim=2)
+    first = first_chunk or n
+    chunks = [latents[:, :, :first]] + list(latents[:, :, first:].split(n, dim=2))
     state = model.new_state(b, recipe.window_chunks)
     losses = []
     zero = torch.zeros(b)
@@ -265,10 +269,16 @@ def train_transformer(work: Path, config: str, steps: int, batch: int = 16, lr: 
     while step < steps:
         idx = rng.integers(len(latents), size=batch)
         x = latents[torch.from_numpy(idx)].float()
+        # half the time drop the first o frames, so the first chunk is short, as a video whose
+        # length is not a multiple of the block length makes it at inference
+        first = None
+        if rng.random() < 0.5:
+            offset = int(rng.integers(1, recipe.chunk_frames))
+            x, first = x[:, :, offset:], recipe.chunk_frames - offset
         prompts = ["" if rng.random() < recipe.uncond_prob else random_prompt(rng, combos[i]) for i in idx]
         states, mask = text_encoder.encode(prompts)
         text = model.encode_text(states, mask)
-        loss = teacher_forced_loss(model, x, text, recipe, gen)
+        loss = teacher_forced_loss(model, x, text, recipe, gen, first)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, steps, lr)
         opt.zero_grad(set_to_none=True)
