@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", type=Path, help="checkpoint directory (Hugging Face layout), overrides the config's")
     g.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the transformer (pays off for long videos)")
     g.add_argument("--negative-prompt", default="")
     g.add_argument("--steps", type=int, help="denoising steps per block (default: the config's)")
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off)")
@@ -138,7 +139,8 @@ def cmd_generate(args) -> int:
         raise UsageError(f"--checkpoint {args.checkpoint} is not a checkpoint directory (no model_index.json)")
 
     t_load = time.perf_counter()
-    engine = load_engine(args.config, checkpoint=args.checkpoint, device=args.device, precision=args.precision)
+    engine = load_engine(args.config, checkpoint=args.checkpoint, device=args.device, precision=args.precision,
+                         compile=args.compile)
     load_s = time.perf_counter() - t_load
     req = GenerationRequest(prompt=args.prompt, seconds=args.seconds, seed=args.seed,
                             negative_prompt=args.negative_prompt, num_inference_steps=args.steps,

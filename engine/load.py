@@ -33,7 +33,9 @@ def build_random_models(cfg: ModelConfig) -> tuple[SanaVideoTransformer, CausalV
 
 
 def load_engine(config: str | os.PathLike | ModelConfig = "shapes-tiny", checkpoint: str | os.PathLike | None = None,
-                device: str | torch.device | None = None, precision: str = "fp32") -> Engine:
+                device: str | torch.device | None = None, precision: str = "fp32", compile: bool = False) -> Engine:
+    """`compile=True` runs the chunk forward through torch.compile: fused element-wise kernels, less
+    per-op overhead (it pays for long videos and servers; it costs ~40 s per chunk shape up front)."""
     cfg = config if isinstance(config, ModelConfig) else load_config(config)
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -60,4 +62,6 @@ def load_engine(config: str | os.PathLike | ModelConfig = "shapes-tiny", checkpo
         raise ConfigError(f"video size {cfg.video.width}x{cfg.video.height} is not a multiple of the VAE's "
                           f"{vae.spatial_compression}x spatial compression")
     transformer = transformer.to(device=device, dtype=PRECISIONS[precision])
+    if compile:
+        transformer.forward_chunk = torch.compile(transformer.forward_chunk, dynamic=False)
     return Engine(transformer, vae.to(device), text, cfg, device)

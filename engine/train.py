@@ -178,7 +178,7 @@ def load_trained_vae(work: Path, config: str) -> CausalVideoVAE:
 # phase 2: a bank of encoded clips (rendering + encoding is a third of a step otherwise)
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
-def build_latent_bank(work: Path, config: str, clips: int, chunks: int = 3, seed: int = 1) -> None:
+def build_latent_bank(work: Path, config: str, clips: int, chunks: int = 2, seed: int = 1) -> None:
     """`clips` rendered training clips of `chunks` chunks each, encoded once (fp16 on disk)."""
     vae = load_trained_vae(work, config)
     latent_frames = chunks * load_config(config).sampling.chunk_frames
