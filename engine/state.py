@@ -50,22 +50,20 @@ class StreamState:
             for _ in range(num_layers)
         ]
 
-    def add_chunk(self, layer: int, vk: torch.Tensor, k_sum: torch.Tensor, conv_tail: torch.Tensor) -> None:
-        """Fold one chunk's contribution into layer `layer`."""
-        st = self.layers[layer]
-        st.conv_tail = conv_tail
-        if self.window_chunks is None:
-            st.vk += vk
-            st.k_sum += k_sum
-            return
-        slot = self.chunks_seen % self.window_chunks  # overwrite the oldest chunk
-        st.ring_vk[slot] = vk
-        st.ring_k_sum[slot] = k_sum
-        st.vk = st.ring_vk.sum(0)
-        st.k_sum = st.ring_k_sum.sum(0)
-
-    def advance(self, num_frames: int) -> None:
-        """Called once per clean chunk after every layer has been updated."""
+    @torch.compiler.disable  # plain bookkeeping: not worth tracing, and it would recompile per layer
+    def add_chunk(self, contributions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], num_frames: int) -> None:
+        """Fold one clean chunk into every layer: contributions[i] = (vk, k_sum, conv_tail) of layer i."""
+        for st, (vk, k_sum, conv_tail) in zip(self.layers, contributions, strict=True):
+            st.conv_tail = conv_tail
+            if self.window_chunks is None:
+                st.vk += vk
+                st.k_sum += k_sum
+                continue
+            slot = self.chunks_seen % self.window_chunks  # overwrite the oldest chunk
+            st.ring_vk[slot] = vk
+            st.ring_k_sum[slot] = k_sum
+            st.vk = st.ring_vk.sum(0)
+            st.k_sum = st.ring_k_sum.sum(0)
         self.next_frame += num_frames
         self.chunks_seen += 1
 

@@ -283,16 +283,18 @@ class SanaVideoTransformer(nn.Module):
         mod = mod.view(b, per_frame, 6, -1)
         emb = emb.view(b, per_frame, -1)
 
+        contributions = []
         for i, blk in enumerate(self.transformer_blocks):
             past = tail = None
             if state is not None:
                 st = state.layers[i]
                 past, tail = (st.vk, st.k_sum), st.conv_tail
             x, (vk, k_sum), new_tail = blk(x, mod, text.kv[i], text.bias, rope, f, hh, ww, past, tail)
-            if update_state:
-                state.add_chunk(i, vk, k_sum, new_tail)
+            contributions.append((vk, k_sum, new_tail))
         if update_state:
-            state.advance(frames)
+            # Past layers read the state before this chunk: folding in after the loop is the same
+            # math, and keeps the state bookkeeping out of a torch.compile'd graph.
+            state.add_chunk(contributions, frames)
 
         shift, scale = (self.scale_shift_table[None, None] + emb[:, :, None]).unbind(dim=2)
         x = self.norm_out(x).view(b, per_frame, -1, self.inner_dim)
