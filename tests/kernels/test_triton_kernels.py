@@ -1,0 +1,48 @@
+"""Triton kernels vs their PyTorch references, under Triton's CPU interpreter.
+
+The checks themselves are in `triton_interpreter_checks.py`. They run in a child Python with
+TRITON_INTERPRET=1 set from its start: Triton fixes interpreter-or-compiler when it is first
+imported, and in one pytest session other modules (kernels, the engine, ModelOpt) import it
+during collection, before any test module could set the variable.
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")  # in the dev extra
+
+from kernels._triton import is_interpreted  # noqa: E402
+from kernels.linear_attention import _state_kernel, chunk_linear_attention, chunk_linear_attention_reference  # noqa: E402
+from kernels.nvfp4 import quantize_nvfp4  # noqa: E402
+from kernels.nvfp4_gemm import nvfp4_linear  # noqa: E402
+
+CHECKS = Path(__file__).with_name("triton_interpreter_checks.py")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_triton_kernels_match_references_under_the_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CHECKS)]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    summary = output.strip().splitlines()[-1]
+    assert re.search(r"\d+ passed", summary) and "skipped" not in summary, output[-3000:]
+
+
+@pytest.mark.skipif(is_interpreted(_state_kernel), reason="this session itself runs Triton's interpreter")
+def test_triton_on_cpu_without_the_interpreter_is_a_clear_error():
+    q = k = v = torch.randn(1, 8, 1, 16)
+    cos, sin = torch.ones(8, 8), torch.zeros(8, 8)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        chunk_linear_attention(q, k, v, cos, sin, backend="triton")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        nvfp4_linear(torch.randn(2, 32), quantize_nvfp4(torch.randn(16, 32)), backend="triton")
+    # "auto" on CPU never needs Triton
+    out, _, _ = chunk_linear_attention(q, k, v, cos, sin)
+    assert torch.equal(out, chunk_linear_attention_reference(q, k, v, cos, sin)[0])
