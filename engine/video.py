@@ -299,6 +299,17 @@ class FragmentedMp4Encoder:
     `timeout` bounds each encode_block call: if ffmpeg has not delivered the block by then it
     is killed and VideoEncodingError is raised. One caller at a time (not thread-safe).
 
+    Resuming: a job that stopped after block k-1 (say the server restarted) continues with a
+    fresh encoder, `FragmentedMp4Encoder(..., start_frame=N)` where N is the number of frames
+    already encoded. Its fragments continue the earlier timeline (decode times from N frames on,
+    sequence numbers from `start_sequence`, by default N since there is one fragment per
+    frame), and its init segment is byte-identical to the first encoder's, so the earlier
+    `init + blocks[:k]` followed by the new blocks is one valid stream. The quantizer is
+    constant (`-qp`) rather than CRF because CRF's rate control carries complexity history from
+    frame to frame: with a constant quantizer each block (a closed GOP starting with an IDR
+    frame) is a function of its own frames only, so a resumed stream decodes to exactly the
+    pixels of an uninterrupted one.
+
     Two ffmpeg behaviours shape the implementation:
     - With `frag_every_frame` the mp4 muxer writes a frame's fragment only when the *next*
       frame arrives (it needs the next timestamp to know the frame's duration), so the last
@@ -317,10 +328,23 @@ class FragmentedMp4Encoder:
         fps: float,
         frames_per_block: int,
         timeout: float = 60.0,
+        start_frame: int = 0,
+        start_sequence: Optional[int] = None,
     ):
         _check_geometry(width, height, fps)
         if not isinstance(frames_per_block, (int, np.integer)) or frames_per_block < 1:
             raise ValueError(f"frames_per_block must be a positive integer, got {frames_per_block!r}")
+        if not isinstance(start_frame, (int, np.integer)) or start_frame < 0:
+            raise ValueError(f"start_frame must be a non-negative integer, got {start_frame!r}")
+        if start_sequence is None:
+            start_sequence = start_frame
+        if not isinstance(start_sequence, (int, np.integer)) or start_sequence < 0:
+            raise ValueError(f"start_sequence must be a non-negative integer, got {start_sequence!r}")
+        # Where this encoder's output sits on the stream's timeline (non-zero when resuming).
+        self.start_frame = int(start_frame)
+        self.start_sequence = int(start_sequence)
+        self.frames_encoded = 0
+        self._ticks_per_frame: Optional[int] = None  # from the init segment's mdhd timescale
         self.width, self.height, self.fps = int(width), int(height), fps
         self.frames_per_block = int(frames_per_block)
         self.timeout = timeout
@@ -386,7 +410,9 @@ class FragmentedMp4Encoder:
             self._dropped_fragments += 1
         self._flush_pending = True
         self.blocks_encoded += 1
-        if count < self.frames_per_block and self.blocks_encoded > 1:
+        self.frames_encoded += count
+        # Only the stream's very first block may be short without being the last.
+        if count < self.frames_per_block and (self.blocks_encoded > 1 or self.start_frame > 0):
             self._finished = True
         return b"".join(self._retime(fragment) for fragment in fragments)
 
@@ -449,7 +475,9 @@ class FragmentedMp4Encoder:
         args = [
             _ffmpeg(), "-hide_banner", "-loglevel", "error",
             *_input_args(self.width, self.height, self.fps),
-            "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p",
+            # A constant quantizer, not CRF: no rate-control history across blocks, so a
+            # resumed encoder reproduces an uninterrupted one's pixels (class docstring).
+            "-c:v", "libx264", "-preset", "veryfast", "-qp", "18", "-pix_fmt", "yuv420p",
             # zerolatency: no lookahead and no B-frames, so each frame leaves x264 at once.
             "-tune", "zerolatency",
             "-force_key_frames", keyframes,
@@ -490,18 +518,44 @@ class FragmentedMp4Encoder:
         version = data[pos]
         return struct.unpack_from(">Q" if version == 1 else ">I", data, pos + 4)[0]
 
+    def _timescale_ticks_per_frame(self) -> int:
+        """Media timescale ticks per frame, read from the init segment's mdhd."""
+        if self._ticks_per_frame is None:
+            init = bytearray(self.init_segment)
+            pos = self._find(init, [b"moov", b"trak", b"mdia", b"mdhd"])
+            # full box: version, flags, then creation and modification times (4 or 8 bytes each)
+            timescale_at = pos + (20 if init[pos] == 1 else 12)
+            timescale = struct.unpack_from(">I", init, timescale_at)[0]
+            ticks = timescale / self.fps
+            if abs(ticks - round(ticks)) > 1e-6 * ticks:
+                raise VideoEncodingError(
+                    f"timescale {timescale} is not a whole number of ticks per frame at {self.fps} fps"
+                )
+            self._ticks_per_frame = int(round(ticks))
+        return self._ticks_per_frame
+
     def _retime(self, fragment: bytes) -> bytes:
-        """Close the gaps left by dropped flush frames: shift tfdt and renumber mfhd."""
-        if not self._dropped_fragments:
+        """Place a fragment on the stream's timeline: shift tfdt and renumber mfhd.
+
+        Two corrections: the gaps left by dropped flush frames, and (when resuming) the
+        frames and fragments that earlier encoders produced.
+        """
+        tick_shift = -self._dropped_ticks
+        sequence_shift = self.start_sequence - self._dropped_fragments
+        if self.start_frame:
+            tick_shift += self.start_frame * self._timescale_ticks_per_frame()
+        if not tick_shift and not sequence_shift:
             return fragment
         data = bytearray(fragment)
         pos = self._find(data, [b"moof", b"traf", b"tfdt"])
-        fmt = ">Q" if data[pos] == 1 else ">I"  # full box: version byte, 3 flag bytes
-        decode_time = struct.unpack_from(fmt, data, pos + 4)[0]
-        struct.pack_into(fmt, data, pos + 4, decode_time - self._dropped_ticks)
+        version = data[pos]  # full box: version byte, 3 flag bytes
+        decode_time = struct.unpack_from(">Q" if version == 1 else ">I", data, pos + 4)[0] + tick_shift
+        if version == 0 and decode_time >= 1 << 32:
+            raise VideoEncodingError("decode time overflows a version-0 tfdt; stream too long")
+        struct.pack_into(">Q" if version == 1 else ">I", data, pos + 4, decode_time)
         pos = self._find(data, [b"moof", b"mfhd"])
         sequence = struct.unpack_from(">I", data, pos + 4)[0]
-        struct.pack_into(">I", data, pos + 4, sequence - self._dropped_fragments)
+        struct.pack_into(">I", data, pos + 4, sequence + sequence_shift)
         return bytes(data)
 
 

@@ -338,3 +338,78 @@ def test_dropped_encoder_terminates_ffmpeg():
     del encoder
     gc.collect()
     assert proc.poll() is not None
+
+
+# -- resuming a stream with a fresh encoder -------------------------------------------------
+
+RESUME_SIZES = [8, 16, 16, 16, 16, 12]  # short first block, short last block
+
+
+def textured_square(count: int) -> np.ndarray:
+    """moving_square plus seeded noise: real texture, so rate control has work to do."""
+    rng = np.random.default_rng(0)
+    noisy = moving_square(count).astype(np.int16) + rng.integers(-20, 21, (count, H, W, 3))
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def sequence_numbers(media: bytes):
+    return [struct.unpack_from(">I", media, child(media, p, e, b"mfhd")[0] + 4)[0] for p, e in fragments(media)]
+
+
+def test_resumed_encoder_continues_the_timeline():
+    # An encoder stops after block 2 (a server restart); a fresh one started at the frame
+    # offset encodes blocks 3..5. The first init segment plus all six blocks must be the same
+    # video as one uninterrupted encoder's output.
+    frames = textured_square(sum(RESUME_SIZES))
+    blocks = np.split(frames, np.cumsum(RESUME_SIZES)[:-1])
+    with FragmentedMp4Encoder(W, H, FPS, frames_per_block=16) as encoder:
+        whole = [encoder.encode_block(b) for b in blocks]
+        whole_init = encoder.init_segment
+    with FragmentedMp4Encoder(W, H, FPS, frames_per_block=16) as first:
+        head = [first.encode_block(b) for b in blocks[:3]]
+        init = first.init_segment
+    offset = sum(RESUME_SIZES[:3])
+    with FragmentedMp4Encoder(W, H, FPS, frames_per_block=16, start_frame=offset) as resumed:
+        tail = [resumed.encode_block(b) for b in blocks[3:]]
+        assert resumed.init_segment == init  # the new encoder appends to the earlier init
+        assert resumed.frames_encoded == sum(RESUME_SIZES[3:])
+    assert init == whole_init
+    assert head == whole[:3]
+
+    stream = init + b"".join(head + tail)
+    decoded = decode_video(stream)
+    assert decoded.shape == (len(frames), H, W, 3)
+    # Constant quantizer, every block a closed GOP: the resumed stream has the same pixels.
+    assert np.array_equal(decoded, decode_video(whole_init + b"".join(whole)))
+    assert mean_abs_error(decoded, frames) < 8  # noisy texture costs a little more
+
+    media = b"".join(head + tail)
+    times = [decode_time(media, p, e) for p, e in fragments(media)]
+    assert times == [decode_time(b"".join(whole), p, e) for p, e in fragments(b"".join(whole))]
+    assert len(set(np.diff(times).tolist())) == 1 and times[0] == 0
+    assert sequence_numbers(media) == list(range(1, len(frames) + 1))
+    # A client can still join at the resumed block.
+    assert np.array_equal(decode_video(init + b"".join(tail)), decoded[offset:])
+
+
+def test_resumed_encoder_short_block_is_the_last():
+    with FragmentedMp4Encoder(W, H, FPS, frames_per_block=4, start_frame=7) as encoder:
+        media = encoder.encode_block(moving_square(3, start=7))
+        with pytest.raises(ValueError, match="last"):
+            encoder.encode_block(moving_square(4, start=10))
+    assert sequence_numbers(media) == [8, 9, 10]
+
+
+def test_start_sequence_is_independent_of_start_frame():
+    with FragmentedMp4Encoder(W, H, FPS, frames_per_block=4, start_frame=8, start_sequence=100) as encoder:
+        media = encoder.encode_block(moving_square(4)) + encoder.encode_block(moving_square(4))
+    assert sequence_numbers(media) == list(range(101, 109))
+    times = [decode_time(media, p, e) for p, e in fragments(media)]
+    step = times[1] - times[0]
+    assert times == [step * (8 + i) for i in range(8)]
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(start_frame=-1), "start_frame"), (dict(start_sequence=-2), "start_sequence")])
+def test_encoder_rejects_bad_offsets(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FragmentedMp4Encoder(W, H, FPS, frames_per_block=4, **kwargs)
