@@ -10,9 +10,10 @@ is byte-reproducible and can resume from any block boundary without replaying th
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -20,8 +21,8 @@ import torch
 
 from engine.config import ModelConfig
 from engine.model.transformer import SanaVideoTransformer, TextContext
-from engine.sampler import guided, make_sigmas, sample_chunk
-from engine.state import StreamState
+from engine.sampler import ChunkSampler, combine_guidance, make_sigmas
+from engine.state import StateBatch, StreamState
 
 
 class Cancelled(Exception):
@@ -31,7 +32,7 @@ class Cancelled(Exception):
 @dataclass
 class GenerationRequest:
     prompt: str
-    seconds: float
+    seconds: float | None  # None: endless (a realtime session)
     seed: int = 0
     negative_prompt: str = ""
     num_inference_steps: int | None = None  # per chunk; None = the config's default
@@ -101,12 +102,13 @@ class Engine:
             raise ValueError("prompt must be a non-empty string")
         if len(req.prompt) > lim.max_prompt_chars:
             raise ValueError(f"prompt is {len(req.prompt)} characters; the limit is {lim.max_prompt_chars}")
-        if not (isinstance(req.seconds, (int, float)) and math.isfinite(req.seconds)) or req.seconds <= 0:
-            raise ValueError(f"seconds must be a positive number, got {req.seconds!r}")
-        if req.seconds > lim.max_seconds:
-            raise ValueError(f"seconds must be at most {lim.max_seconds:g} for this model, got {req.seconds:g}")
-        if self.total_frames(req.seconds) < 1:
-            raise ValueError(f"seconds={req.seconds:g} is shorter than one frame at {self.config.video.fps} fps")
+        if req.seconds is not None:  # None: endless (realtime)
+            if not (isinstance(req.seconds, (int, float)) and math.isfinite(req.seconds)) or req.seconds <= 0:
+                raise ValueError(f"seconds must be a positive number, got {req.seconds!r}")
+            if req.seconds > lim.max_seconds:
+                raise ValueError(f"seconds must be at most {lim.max_seconds:g} for this model, got {req.seconds:g}")
+            if self.total_frames(req.seconds) < 1:
+                raise ValueError(f"seconds={req.seconds:g} is shorter than one frame at {self.config.video.fps} fps")
         if req.num_inference_steps is not None and not (1 <= req.num_inference_steps <= lim.max_steps):
             raise ValueError(f"num_inference_steps must be between 1 and {lim.max_steps}")
         if req.guidance_scale is not None and not (lim.min_guidance <= req.guidance_scale <= lim.max_guidance):
@@ -119,9 +121,45 @@ class Engine:
     def stream(self, req: GenerationRequest, cancelled: Callable[[], bool] | None = None) -> Iterator[Block]:
         """Yield finished blocks as soon as each is decoded. Exactly round(seconds·fps) frames in all."""
         self.validate(req)
+        if req.seconds is None:
+            raise ValueError("stream() needs seconds; endless rollouts are driven with Rollout/Engine.step")
         rollout = Rollout(self, req)
-        for _ in range(rollout.num_blocks):
+        while not rollout.done:
             yield rollout.next_block(cancelled)
+
+    @torch.no_grad()
+    def step(self, rollouts: list["Rollout"]) -> list[Block | None]:
+        """Advance every rollout by one model call; returns, per rollout, the Block it finished (or None).
+
+        Rollouts whose calls have the same shape (chunk length, fold vs denoise) share one batched
+        forward, each row with its own timestep, prompt, state and frame position: the scheduler
+        can add and drop requests between any two calls (continuous batching).
+        """
+        calls = [r._model_call() for r in rollouts]
+        groups: dict[tuple, list[int]] = {}
+        for i, (x, _, update) in enumerate(calls):
+            key = (tuple(x.shape[1:]), update, rollouts[i].text.bias is None)
+            groups.setdefault(key, []).append(i)
+        results: list[Block | None] = [None] * len(rollouts)
+        for (_, update, _), members in groups.items():
+            for r in (rollouts[i] for i in members):
+                if not r._started:
+                    r._started = time.perf_counter()
+            if len(members) == 1:  # alone: no copies, and bit-identical to an unbatched run
+                r = rollouts[members[0]]
+                x, t, _ = calls[members[0]]
+                outs = [self.transformer.forward_chunk(x, t, r.text, r.state, update_state=update)]
+            else:
+                group = [rollouts[i] for i in members]
+                x = torch.cat([calls[i][0] for i in members])
+                t = torch.cat([calls[i][1] for i in members])
+                text = TextContext.cat([r.text for r in group])
+                out = self.transformer.forward_chunk(x, t, text, StateBatch([r.state for r in group]),
+                                                     update_state=update)
+                outs = out.split([r.rows for r in group])
+            for i, out in zip(members, outs):
+                results[i] = rollouts[i]._take_output(out, update)
+        return results
 
     def text_context(self, prompt: str, negative_prompt: str, guidance_scale: float) -> TextContext:
         """Cond rows first, then uncond rows when guidance is on."""
@@ -132,75 +170,158 @@ class Engine:
         return self.transformer.encode_text(states, mask)
 
 
-@dataclass
 class Rollout:
-    """The resumable state of one request: which block is next, the stream state, the VAE cache."""
+    """One request's generation, advanced one model call at a time; resumable between blocks.
 
-    engine: Engine
-    request: GenerationRequest
-    chunk_sizes: list[int] = field(init=False)
-    trim: int = field(init=False)
-    next_index: int = 0
-    next_frame: int = 0
+    Holds which block is next, the stream state, the VAE decoder's causal cache and, while a
+    chunk is being denoised, its sampler. `next_block()` runs one request alone; a scheduler
+    instead calls `Engine.step(rollouts)`, which batches the model calls of many rollouts.
+    `snapshot()`/`restore()` save and reload everything between blocks: because every chunk's
+    noise is derived from (seed, chunk, step), a restored rollout continues bit-identically.
+    A request with `seconds=None` is endless (realtime sessions); `set_prompt` steers it.
+    """
 
-    def __post_init__(self):
-        e, cfg = self.engine, self.engine.config
-        s = cfg.sampling
-        self.chunk_sizes, self.trim = chunk_plan(e.total_frames(self.request.seconds),
-                                                 e.vae.temporal_compression, s.chunk_frames)
-        self.guidance = s.guidance_scale if self.request.guidance_scale is None else self.request.guidance_scale
-        self.sampler = self.request.sampler or s.sampler
-        steps = self.request.num_inference_steps or s.steps
-        use_fixed = s.timesteps is not None and self.request.num_inference_steps is None
+    def __init__(self, engine: "Engine", request: GenerationRequest):
+        e, s = engine, engine.config.sampling
+        self.engine, self.request = e, request
+        if request.seconds is None:
+            self.chunk_sizes, self.trim = None, 0
+        else:
+            self.chunk_sizes, self.trim = chunk_plan(e.total_frames(request.seconds), e.vae.temporal_compression,
+                                                     s.chunk_frames)
+        self.guidance = s.guidance_scale if request.guidance_scale is None else request.guidance_scale
+        self.sampler = request.sampler or s.sampler
+        steps = request.num_inference_steps or s.steps
+        use_fixed = s.timesteps is not None and request.num_inference_steps is None
         self.sigmas = make_sigmas(steps, s.flow_shift, s.timesteps if use_fixed else None)
-        self.text = e.text_context(self.request.prompt, self.request.negative_prompt, self.guidance)
-        rows = 2 if self.guidance != 1.0 else 1
-        self.state: StreamState = e.transformer.new_state(rows, s.window_chunks)
+        self.rows = 2 if self.guidance != 1.0 else 1  # cond (+ uncond) rows in every model call
+        self.text = e.text_context(request.prompt, request.negative_prompt, self.guidance)
+        self._next_text: TextContext | None = None  # a new prompt, applied when the next block starts
+        self.state: StreamState = e.transformer.new_state(self.rows, s.window_chunks)
         self.decoder = e.vae.stream_decoder()
         self.pending_clean: torch.Tensor | None = None  # last chunk, not yet folded into the state
+        self.next_index = 0
+        self.next_frame = 0
+        self._chunk: ChunkSampler | None = None  # the chunk being denoised
+        self._started = 0.0
+
+    # -- plan ------------------------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int | None:
+        """Blocks in the whole video; None for an endless rollout."""
+        return None if self.chunk_sizes is None else len(self.chunk_sizes)
 
     @property
-    def num_blocks(self) -> int:
-        return len(self.chunk_sizes)
+    def done(self) -> bool:
+        return self.num_blocks is not None and self.next_index >= self.num_blocks
 
-    def _fold_pending(self) -> None:
-        """Run the clean previous chunk at t=0 through the model to add it to the state."""
-        if self.pending_clean is None:
-            return
-        rows = self.state.layers[0].vk.shape[0]
-        x = self.pending_clean.expand(rows, -1, -1, -1, -1)
-        t = torch.zeros(rows, device=x.device)
-        self.engine.transformer.forward_chunk(x, t, self.text, self.state, update_state=True)
-        self.pending_clean = None
+    @property
+    def between_blocks(self) -> bool:
+        """No chunk is half-denoised: the moment to snapshot, change the prompt or drop the rollout."""
+        return self._chunk is None
 
-    def next_block(self, cancelled: Callable[[], bool] | None = None) -> Block:
-        if self.next_index >= self.num_blocks:
-            raise StopIteration("all blocks have been generated")
-        start = time.perf_counter()
-        e, req = self.engine, self.request
-        self._fold_pending()
-        n = self.chunk_sizes[self.next_index]
+    def chunk_size(self, index: int) -> int:
+        if self.chunk_sizes is None:
+            return self.engine.config.sampling.chunk_frames
+        return self.chunk_sizes[index]
+
+    def set_prompt(self, prompt: str, negative_prompt: str = "") -> None:
+        """Follow `prompt` from the next block on (the chunk in progress keeps the old one). The
+        state carries the scene over; the last chunk is still folded in under the prompt it was made with."""
+        self.engine.validate(GenerationRequest(prompt, seconds=None, seed=self.request.seed))
+        self.request.prompt, self.request.negative_prompt = prompt, negative_prompt
+        self._next_text = self.engine.text_context(prompt, negative_prompt, self.guidance)
+
+    # -- one model call ----------------------------------------------------------------------
+    def _model_call(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(latents rows, timestep rows, update_state) of this rollout's next model call."""
+        if self.done:
+            raise RuntimeError("all blocks have been generated")
+        if self.pending_clean is not None:  # fold the previous chunk in (clean, t=0) first
+            x = self.pending_clean.expand(self.rows, -1, -1, -1, -1)
+            return x, torch.zeros(self.rows, device=x.device), True
+        if self._chunk is None:
+            self._begin_chunk()
+        x, t = self._chunk.x, self._chunk.timestep()
+        if self.rows == 2:
+            x, t = torch.cat([x, x]), torch.cat([t, t])
+        return x, t, False
+
+    def _begin_chunk(self) -> None:
+        e, seed, index = self.engine, self.request.seed, self.next_index
+        if self._next_text is not None:
+            self.text, self._next_text = self._next_text, None
         h, w = e.latent_hw
-        shape = (1, e.latent_channels, n, h, w)
-        noise = torch.randn(shape, generator=noise_generator(req.seed, self.next_index, 0)).to(e.device)
-
-        def velocity(x, t):
-            return e.transformer.forward_chunk(x, t, self.text, self.state)
+        shape = (1, e.latent_channels, self.chunk_size(index), h, w)
+        noise = torch.randn(shape, generator=noise_generator(seed, index, 0)).to(e.device)
 
         def renoise(step):
-            return torch.randn(shape, generator=noise_generator(req.seed, self.next_index, step + 1)).to(e.device)
+            return torch.randn(shape, generator=noise_generator(seed, index, step + 1)).to(e.device)
 
-        def on_step(_):
-            if cancelled is not None and cancelled():
-                raise Cancelled()
+        self._chunk = ChunkSampler(noise, self.sigmas, self.sampler, renoise)
 
-        x0 = sample_chunk(guided(velocity, self.guidance), noise, self.sigmas, self.sampler, renoise, on_step)
+    def _take_output(self, out: torch.Tensor, update_state: bool) -> Block | None:
+        """Consume this rollout's rows of a model call; the finished Block if the chunk is done."""
+        if update_state:  # the state was updated inside the forward
+            self.pending_clean = None
+            return None
+        self._chunk.advance(combine_guidance(out, self.guidance))
+        if not self._chunk.done:
+            return None
+        x0, self._chunk = self._chunk.x, None
         frames = to_uint8(self.decoder.decode(x0))
         if self.next_index == 0 and self.trim:
             frames = frames[self.trim:]
         self.pending_clean = x0
-        block = Block(self.next_index, self.next_frame, frames, self.num_blocks, time.perf_counter() - start,
-                      self.state.nbytes())
+        block = Block(self.next_index, self.next_frame, frames, self.num_blocks or 0,
+                      time.perf_counter() - self._started, self.state.nbytes())
         self.next_index += 1
         self.next_frame += len(frames)
+        self._started = 0.0
         return block
+
+    def next_block(self, cancelled: Callable[[], bool] | None = None) -> Block:
+        """Run model calls until the next block is finished (this rollout alone)."""
+        while True:
+            if cancelled is not None and cancelled():
+                raise Cancelled()
+            block = self.engine.step([self])[0]
+            if block is not None:
+                return block
+
+    # -- resume ------------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """Everything needed to continue after a restart (tensors on CPU; torch.save-able)."""
+        if not self.between_blocks:
+            raise RuntimeError("snapshot() between blocks only: a chunk is being denoised")
+        cpu = lambda t: None if t is None else t.detach().cpu().clone()  # noqa: E731
+        names = {m: n for n, m in self.engine.vae.named_modules()}
+        return {
+            "version": 1,
+            "next_index": self.next_index,
+            "next_frame": self.next_frame,
+            "prompt": self.request.prompt,
+            "negative_prompt": self.request.negative_prompt,
+            "state": {k: ([{n: cpu(t) for n, t in layer.items()} for layer in v] if k == "layers" else v)
+                      for k, v in self.state.state_dict().items()},
+            "decoder_cache": {names[m]: cpu(t) for m, t in self.decoder.cache.items()},
+            "pending_clean": cpu(self.pending_clean),
+        }
+
+    @classmethod
+    def restore(cls, engine: "Engine", request: GenerationRequest, snapshot: dict) -> "Rollout":
+        """A rollout that continues from `snapshot` exactly as the original would have."""
+        if snapshot.get("version") != 1:
+            raise ValueError(f"unknown rollout snapshot version {snapshot.get('version')!r}")
+        request = dataclasses.replace(request, prompt=snapshot["prompt"], negative_prompt=snapshot["negative_prompt"])
+        self = cls(engine, request)
+        dev = engine.device
+        to = lambda t: None if t is None else t.to(dev)  # noqa: E731
+        sd = dict(snapshot["state"])
+        sd["layers"] = [{n: to(t) for n, t in layer.items()} for layer in sd["layers"]]
+        self.state = StreamState.from_state_dict(sd)
+        modules = dict(engine.vae.named_modules())
+        self.decoder.cache.update({modules[n]: to(t) for n, t in snapshot["decoder_cache"].items()})
+        self.pending_clean = to(snapshot["pending_clean"])
+        self.next_index, self.next_frame = snapshot["next_index"], snapshot["next_frame"]
+        return self

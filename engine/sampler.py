@@ -40,6 +40,56 @@ def make_sigmas(steps: int, shift: float, timesteps: list[float] | None = None) 
     return shift_sigmas(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)
 
 
+class ChunkSampler:
+    """One chunk's integration from noise to x0, one model call at a time.
+
+    `timestep()` is the model input for the current step and `advance(v)` takes the (guided)
+    velocity for `x`; the scheduler calls these so that many requests can share one batched
+    forward per step. `sample_chunk` is the plain loop over it.
+    """
+
+    def __init__(self, noise: torch.Tensor, sigmas: torch.Tensor, sampler: str = "euler",
+                 renoise: Callable[[int], torch.Tensor] | None = None):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        self.x = noise  # at σ=1 the sample is pure noise
+        self.sigmas, self.sampler, self.renoise = sigmas, sampler, renoise
+        self.step = 0
+        self.steps = len(sigmas) - 1
+        self._prev_x0: torch.Tensor | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.steps
+
+    def timestep(self) -> torch.Tensor:
+        """Model timestep 1000·σ for every row of x, shape (B,)."""
+        s = self.sigmas[self.step].item()
+        return torch.full((self.x.shape[0],), 1000.0 * s, dtype=torch.float32, device=self.x.device)
+
+    def advance(self, v: torch.Tensor) -> None:
+        i, x, sigmas = self.step, self.x, self.sigmas
+        s, s_next = sigmas[i].item(), sigmas[i + 1].item()
+        x0 = x - s * v
+        if self.sampler == "euler":
+            x = x + (s_next - s) * v
+        elif self.sampler == "renoise":
+            x = x0 if s_next == 0 else (1 - s_next) * x0 + s_next * self.renoise(i)
+        else:  # dpmpp_2m in data prediction, α = 1-σ
+            if s_next == 0:
+                x = x0
+            elif self._prev_x0 is None or i == self.steps - 1:
+                x = (s_next / s) * x + (1 - s_next) * (1 - math.exp(-_h(s, s_next))) * x0
+            else:
+                h = _h(s, s_next)
+                r = _h(sigmas[i - 1].item(), s) / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * self._prev_x0
+                x = (s_next / s) * x + (1 - s_next) * (1 - math.exp(-h)) * d
+        self._prev_x0 = x0
+        self.x = x
+        self.step += 1
+
+
 def sample_chunk(
     velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     noise: torch.Tensor,
@@ -54,35 +104,12 @@ def sample_chunk(
     renoise(i) returns fresh noise for step i (only the "renoise" sampler uses it).
     on_step(i) is called before each model call: cancellation and progress hook.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    x = noise  # at σ=1 the sample is pure noise
-    b = x.shape[0]
-    prev_x0 = None
-    steps = len(sigmas) - 1
-    for i in range(steps):
+    run = ChunkSampler(noise, sigmas, sampler, renoise)
+    while not run.done:
         if on_step is not None:
-            on_step(i)
-        s, s_next = sigmas[i].item(), sigmas[i + 1].item()
-        t = torch.full((b,), 1000.0 * s, dtype=torch.float32, device=x.device)
-        v = velocity(x, t)
-        x0 = x - s * v
-        if sampler == "euler":
-            x = x + (s_next - s) * v
-        elif sampler == "renoise":
-            x = x0 if s_next == 0 else (1 - s_next) * x0 + s_next * renoise(i)
-        else:  # dpmpp_2m in data prediction, α = 1-σ
-            if s_next == 0:
-                x = x0
-            elif prev_x0 is None or i == steps - 1:
-                x = (s_next / s) * x + (1 - s_next) * (1 - math.exp(-_h(s, s_next))) * x0
-            else:
-                h = _h(s, s_next)
-                r = _h(sigmas[i - 1].item(), s) / h
-                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev_x0
-                x = (s_next / s) * x + (1 - s_next) * (1 - math.exp(-h)) * d
-        prev_x0 = x0
-    return x
+            on_step(run.step)
+        run.advance(velocity(run.x, run.timestep()))
+    return run.x
 
 
 def _h(s: float, s_next: float) -> float:
@@ -101,8 +128,14 @@ def guided(velocity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], gu
         return velocity_fn
 
     def fn(x, t):
-        v = velocity_fn(torch.cat([x, x]), torch.cat([t, t]))
-        v_c, v_u = v.chunk(2)
-        return v_u + guidance_scale * (v_c - v_u)
+        return combine_guidance(velocity_fn(torch.cat([x, x]), torch.cat([t, t])), guidance_scale)
 
     return fn
+
+
+def combine_guidance(v: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """[v_cond; v_uncond] -> the CFG velocity v_u + g·(v_c - v_u); identity at guidance 1."""
+    if guidance_scale == 1.0:
+        return v
+    v_c, v_u = v.chunk(2)
+    return v_u + guidance_scale * (v_c - v_u)

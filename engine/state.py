@@ -94,3 +94,39 @@ class StreamState:
         self.chunks_seen = sd["chunks_seen"]
         self.layers = [LayerState(**layer) for layer in sd["layers"]]
         return self
+
+
+class StateBatch:
+    """Several rollouts' states side by side, for one batched forward (continuous batching).
+
+    Quacks like a StreamState for `forward_chunk`: `layers` holds the members' tensors
+    concatenated along the batch, `next_frame` gives each row its own absolute position, and
+    `add_chunk` hands every member its own rows of the contributions, so windowed rings and
+    positions stay per request. The concatenated tensors are copies, made once per call.
+    """
+
+    def __init__(self, members: list[StreamState]):
+        if not members:
+            raise ValueError("a StateBatch needs at least one state")
+        self.members = members
+        self.rows = [m.layers[0].vk.shape[0] for m in members]
+        self.next_frame = [m.next_frame for m, r in zip(members, self.rows) for _ in range(r)]
+        self.layers = []
+        for per_member in zip(*(m.layers for m in members)):
+            tails = [st.conv_tail for st in per_member]
+            if all(t is None for t in tails):
+                tail = None
+            else:  # a member at its first chunk has no past frame: zeros add nothing to the conv
+                like = next(t for t in tails if t is not None)
+                tail = torch.cat([like.new_zeros(r, *like.shape[1:]) if t is None else t
+                                  for t, r in zip(tails, self.rows)])
+            self.layers.append(LayerState(vk=torch.cat([st.vk for st in per_member]),
+                                          k_sum=torch.cat([st.k_sum for st in per_member]),
+                                          conv_tail=tail))
+
+    @torch.compiler.disable
+    def add_chunk(self, contributions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], num_frames: int) -> None:
+        start = 0
+        for member, rows in zip(self.members, self.rows):
+            member.add_chunk([tuple(t[start:start + rows] for t in c) for c in contributions], num_frames)
+            start += rows

@@ -6,6 +6,7 @@ that diffusers checkpoints load with strict=True.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +51,22 @@ class RotaryEmbedding3D(nn.Module):
         angles = torch.outer(positions.to(torch.float64), freqs)  # (n, dim/2): one angle per pair
         return angles.cos().float(), angles.sin().float()
 
-    def forward(self, frame_offset: int, frames: int, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape (frames*height*width, head_dim/2), one value per rotated pair."""
+    # Eager even under torch.compile: the offset changes every chunk, and tracing it would
+    # specialise (and recompile) the graph on each new position.
+    @torch.compiler.disable
+    def forward(self, frame_offset: int | Sequence[int], frames: int, height: int, width: int,
+                device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape (frames*height*width, head_dim/2), one value per rotated pair.
+
+        A sequence of offsets (one per batch row, for batched requests at different positions)
+        gives per-row tables (B, frames*height*width, head_dim/2) unless they are all equal.
+        """
+        if not isinstance(frame_offset, int):
+            offsets = [int(o) for o in frame_offset]
+            if len(set(offsets)) == 1:
+                return self(offsets[0], frames, height, width, device)
+            tables = [self(o, frames, height, width, device) for o in offsets]
+            return torch.stack([c for c, _ in tables]), torch.stack([s for _, s in tables])
         key = (frame_offset, frames, height, width, str(device))
         hit = self._cache.get(key)
         if hit is not None:
@@ -75,10 +90,13 @@ class RotaryEmbedding3D(nn.Module):
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) by per-token angles. x: (B, N, H, D); cos/sin: (N, D/2)."""
+    """Rotate interleaved pairs (x[2i], x[2i+1]) by per-token angles.
+
+    x: (B, N, H, D); cos/sin: (N, D/2), or (B, N, D/2) for per-row positions.
+    """
     pairs = x.unflatten(-1, (-1, 2))
     x1, x2 = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos[:, None], sin[:, None]
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
     rotated = (torch.addcmul(x1 * cos, x2, sin, value=-1), torch.addcmul(x1 * sin, x2, cos))
     return torch.stack(rotated, dim=-1).flatten(-2)
 
@@ -100,6 +118,9 @@ class LinearSelfAttention(nn.Module):
         self.to_k = nn.Linear(dim, inner, bias=bias)
         self.to_v = nn.Linear(dim, inner, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim, bias=out_bias), nn.Dropout(0.0)])
+        # "torch" (the code below) or "triton" (kernels.linear_attention: the same math in two
+        # passes that read q, k, v once); engine.load.set_kernels picks it per device.
+        self.kernels = "torch"
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 past: tuple[torch.Tensor, torch.Tensor] | None = None):
@@ -108,6 +129,8 @@ class LinearSelfAttention(nn.Module):
         Returns (output, (vk_chunk, k_sum_chunk)): the chunk's own contribution to the state.
         """
         dtype = x.dtype
+        if self.kernels == "triton":
+            return self._forward_triton(x, rope, past)
         q = F.relu(self.norm_q(self.to_q(x)).unflatten(-1, (self.heads, self.head_dim))).float()
         k = F.relu(self.norm_k(self.to_k(x)).unflatten(-1, (self.heads, self.head_dim))).float()
         v = self.to_v(x).unflatten(-1, (self.heads, self.head_dim)).float()
@@ -122,6 +145,24 @@ class LinearSelfAttention(nn.Module):
         den = torch.einsum("bnhd,bhd->bnh", q, k_sum_all).unsqueeze(-1) + 1e-15
         out = (num / den).flatten(2).to(dtype)
         return self.to_out[0](out), (vk, k_sum)
+
+    def _forward_triton(self, x, rope, past):
+        from kernels.linear_attention import chunk_linear_attention_triton
+
+        q = self.norm_q(self.to_q(x)).unflatten(-1, (self.heads, self.head_dim))
+        k = self.norm_k(self.to_k(x)).unflatten(-1, (self.heads, self.head_dim))
+        v = self.to_v(x).unflatten(-1, (self.heads, self.head_dim))
+        vk_past, k_sum_past = past if past is not None else (None, None)
+        cos, sin = rope
+        if cos.ndim == 2:  # one position table for the whole batch
+            out, vk, k_sum = chunk_linear_attention_triton(q, k, v, cos, sin, vk_past, k_sum_past)  # ReLU inside
+        else:  # per-row tables (batched requests at different positions): one launch per row
+            rows = [chunk_linear_attention_triton(q[i:i + 1], k[i:i + 1], v[i:i + 1], cos[i], sin[i],
+                                                  None if past is None else vk_past[i:i + 1],
+                                                  None if past is None else k_sum_past[i:i + 1])
+                    for i in range(q.shape[0])]
+            out, vk, k_sum = (torch.cat(parts) for parts in zip(*rows))
+        return self.to_out[0](out.flatten(2).to(x.dtype)), (vk, k_sum)
 
 
 class CrossAttention(nn.Module):

@@ -75,6 +75,14 @@ class CaptionProjection(nn.Module):
         return self.linear_2(F.gelu(self.linear_1(x), approximate="tanh"))
 
 
+def _pointwise(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv as a GEMM on channels-last tokens. Quantization replaces these convs by linear
+    layers holding the same [out, in] weight (engine.quantize), which are simply called."""
+    if isinstance(layer, nn.Conv2d):
+        return F.linear(x, layer.weight.flatten(1), layer.bias)
+    return layer(x)
+
+
 class GLUMBTempConv(nn.Module):
     """Mix-FFN: 1x1 conv, SiLU, 3x3 depthwise, GLU, 1x1 conv, then a (3,1) temporal conv + residual.
 
@@ -97,12 +105,12 @@ class GLUMBTempConv(nn.Module):
         Returns (output, new tail).
         """
         b, _, c = x.shape
-        h = F.silu(F.linear(x, self.conv_inverted.weight.flatten(1), self.conv_inverted.bias))
+        h = F.silu(_pointwise(self.conv_inverted, x))
         h = h.view(b * frames, height, width, -1).permute(0, 3, 1, 2)  # channels-last NCHW view
         h = F.conv2d(h, self.conv_depth.weight, self.conv_depth.bias, padding=1, groups=h.shape[1])
         h = h.permute(0, 2, 3, 1)
         h, gate = h.chunk(2, dim=-1)
-        h = F.linear(h * F.silu(gate), self.conv_point.weight.flatten(1))  # (B*F, H, W, C)
+        h = _pointwise(self.conv_point, h * F.silu(gate))  # (B*F, H, W, C)
         h = h.reshape(b, frames, height * width, c)
 
         # Temporal conv, kernel 3: out[f] = h[f] + W0·h[f-1] + W1·h[f] + W2·h[f+1]. One GEMM gives
@@ -159,6 +167,14 @@ class TextContext:
 
     kv: list[tuple[torch.Tensor, torch.Tensor]]
     bias: torch.Tensor | None
+
+    @staticmethod
+    def cat(contexts: list["TextContext"]) -> "TextContext":
+        """Several requests' prompts as one batch (all padded to the same length)."""
+        kv = [(torch.cat([c.kv[i][0] for c in contexts]), torch.cat([c.kv[i][1] for c in contexts]))
+              for i in range(len(contexts[0].kv))]
+        biases = [c.bias for c in contexts]
+        return TextContext(kv, None if biases[0] is None else torch.cat(biases))
 
     def select(self, index: torch.Tensor) -> "TextContext":
         """Rows `index` of the batch (used by the scheduler to mix requests)."""
@@ -269,7 +285,10 @@ class SanaVideoTransformer(nn.Module):
         f, hh, ww = frames // p_t, height // p_h, width // p_w
         dtype = self.proj_out.weight.dtype
 
-        offset = state.next_frame // p_t if state is not None else 0
+        offset = 0
+        if state is not None:  # an int, or one per row for a StateBatch of requests at different positions
+            nf = state.next_frame
+            offset = nf // p_t if isinstance(nf, int) else [n // p_t for n in nf]
         rope = self.rope(offset, f, hh, ww, latents.device)
         x = self.patch_embedding(latents.to(dtype)).flatten(2).transpose(1, 2)  # (B, N, C)
 
