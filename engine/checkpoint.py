@@ -62,6 +62,10 @@ def load_transformer(root: str | os.PathLike, device="cpu"):
     from engine.model.transformer import SanaVideoTransformer
 
     d = Path(root) / "transformer"
+    from engine.quantize import is_quantized_checkpoint, load_quantized_transformer
+
+    if is_quantized_checkpoint(d):  # NVFP4 in ModelOpt's layout: kept packed in memory
+        return load_quantized_transformer(d, device)
     model = SanaVideoTransformer(**constructor_kwargs(read_config(d)))
     model.load_state_dict(read_weights(d), strict=True)
     return model.to(device).eval()

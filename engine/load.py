@@ -10,13 +10,16 @@ import torch
 from engine.checkpoint import load_transformer, read_config
 from engine.config import ConfigError, ModelConfig, load_config
 from engine.model.text_encoder import TextEncoder
+from engine.model.nvfp4 import NVFP4Linear
 from engine.model.transformer import SanaVideoTransformer
 from engine.model.vae import CausalVideoVAE, load_vae
 from engine.rollout import Engine
 
 log = logging.getLogger("sana_serve.engine")
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "nvfp4": torch.float32}
+# nvfp4: the transformer blocks' GEMM weights packed NVFP4 (weight-only, quantized on load unless the
+# checkpoint already is), everything else fp32. A quantized checkpoint keeps its packed layers at any precision.
 
 
 def default_device() -> torch.device:
@@ -33,9 +36,13 @@ def build_random_models(cfg: ModelConfig) -> tuple[SanaVideoTransformer, CausalV
 
 
 def load_engine(config: str | os.PathLike | ModelConfig = "shapes-tiny", checkpoint: str | os.PathLike | None = None,
-                device: str | torch.device | None = None, precision: str = "fp32", compile: bool = False) -> Engine:
+                device: str | torch.device | None = None, precision: str = "fp32", compile: bool = False,
+                kernels: str = "auto") -> Engine:
     """`compile=True` runs the chunk forward through torch.compile: fused element-wise kernels, less
-    per-op overhead (it pays for long videos and servers; it costs ~40 s per chunk shape up front)."""
+    per-op overhead (it pays for long videos and servers; it costs ~40 s per chunk shape up front).
+
+    kernels: "auto" (Triton on CUDA, PyTorch on CPU), "triton" or "torch" for the chunk path's linear
+    attention and the NVFP4 layers (engine.quantize.set_kernels)."""
     cfg = config if isinstance(config, ModelConfig) else load_config(config)
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -62,6 +69,17 @@ def load_engine(config: str | os.PathLike | ModelConfig = "shapes-tiny", checkpo
         raise ConfigError(f"video size {cfg.video.width}x{cfg.video.height} is not a multiple of the VAE's "
                           f"{vae.spatial_compression}x spatial compression")
     transformer = transformer.to(device=device, dtype=PRECISIONS[precision])
+    from engine.quantize import memory_report, quantize_transformer, set_kernels
+
+    if precision == "nvfp4" and not any(isinstance(m, NVFP4Linear) for m in transformer.modules()):
+        quantize_transformer(transformer)  # weight-only, bit-exact with ModelOpt's NVFP4QTensor
+    attention = set_kernels(transformer, kernels, device)
+    mem = memory_report(transformer)
+    if mem["nvfp4_layers"]:
+        log.info("transformer resident: %.2f MB; %d NVFP4 layers hold %.2f MB (%.3fx their bf16 size, %.2f bits/weight)",
+                 mem["transformer_bytes"] / 1e6, mem["nvfp4_layers"], mem["nvfp4_weight_bytes"] / 1e6,
+                 mem["nvfp4_vs_bf16"], mem["bits_per_weight"])
+    log.debug("chunk linear attention kernels: %s", attention)
     if compile:
         transformer.forward_chunk = torch.compile(transformer.forward_chunk, dynamic=False)
     return Engine(transformer, vae.to(device), text, cfg, device)
