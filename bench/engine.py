@@ -88,6 +88,20 @@ def ours_generate(engine, seconds: float, seed: int = 0) -> tuple[list[float], f
     return per_block, first, time.perf_counter() - start, frames
 
 
+def check_compiled_matches_eager(eager, compiled, seconds: float) -> None:
+    """The compiled engine must make the same video (fused kernels round differently: ±1 level)."""
+    from engine import GenerationRequest
+
+    def frames(engine):
+        req = GenerationRequest(PROMPT, seconds=seconds, seed=0)
+        return np.concatenate([b.frames for b in engine.stream(req)]).astype(int)
+
+    diff = np.abs(frames(eager) - frames(compiled))
+    print(f"torch.compile vs eager frames: max |diff| {diff.max()}, mean {diff.mean():.4f}", flush=True)
+    if diff.max() > 3:
+        raise SystemExit("torch.compile changed the output: not benchmarking a broken path")
+
+
 def rss_child(config: str, side: str, seconds: float) -> int:
     """Peak RSS of a fresh process that generates one video (the number that matters to a host)."""
     cmd = [sys.executable, __file__, "--child", side, "--seconds", str(seconds), "--config", config]
@@ -183,7 +197,8 @@ def main() -> None:
     peak = matmul_peak_gflops()
     mfu = transformer_mfu(engine, peak)
     compiled = load(args.config, compile=True)
-    ours_generate(compiled, 2 * engine.config.sampling.chunk_frames * engine.vae.temporal_compression / 16)
+    check_s = 2 * engine.config.sampling.chunk_frames * engine.vae.temporal_compression / engine.config.video.fps
+    check_compiled_matches_eager(engine, compiled, check_s)  # also compiles (not timed)
     mfu_compiled = transformer_mfu(compiled, peak)
     _, ttfb_c, ours_total_c, _ = ours_generate(compiled, ttfb_s)
 
