@@ -436,3 +436,78 @@ def set_kernels(model: nn.Module, kernels: str, device: torch.device) -> str:
         elif isinstance(m, NVFP4Linear):
             m.backend = kernels  # "auto": FP4 tensor cores on Blackwell, Triton on CUDA, torch on CPU
     return attention
+
+
+# ---- `sana-serve quantize` -----------------------------------------------------------------
+
+def check_out_dir(out: Path) -> None:
+    """The output must be a new or empty directory we can write to."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise QuantizationError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise QuantizationError(f"--out {out} is not empty (refusing to overwrite)")
+    parent = out.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK) or (out.is_dir() and not os.access(out, os.W_OK)):
+        raise QuantizationError(f"--out {out} is not writable")
+
+
+def calibration_prompts(n: int) -> list[str]:
+    """n template prompts spread over the Shapes world's training combinations (deterministic)."""
+    from engine.eval import _spread
+    from engine.shapes import template_prompt, training_combinations
+
+    return [template_prompt(*c) for c in _spread(training_combinations(), n)]
+
+
+def quantize_checkpoint(out: Path, config="shapes-tiny", checkpoint: Path | None = None,
+                        exclude_blocks: str | None = None, weight_only: bool = False, calibration: int = 4,
+                        device: str | None = None, method: str = "auto", progress: bool = True) -> dict:
+    """Load a model, quantize its transformer to NVFP4, write a full checkpoint to `out`. Returns a summary."""
+    from tqdm import tqdm
+
+    from engine import GenerationRequest, load_engine
+
+    out = Path(out)
+    check_out_dir(out)
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if not (checkpoint / "model_index.json").is_file() or not (checkpoint / "transformer").is_dir():
+            raise QuantizationError(f"--checkpoint {checkpoint} is not a checkpoint directory "
+                                    "(needs model_index.json and transformer/)")
+        if is_quantized_checkpoint(checkpoint / "transformer"):
+            raise QuantizationError(f"--checkpoint {checkpoint} is already quantized ({QUANT_CONFIG_NAME})")
+    if not weight_only and calibration < 1:
+        raise QuantizationError("--calibration must be >= 1 prompt (or use --weight-only)")
+    engine = load_engine(config, checkpoint=checkpoint, device=device, precision="fp32")
+    model = engine.transformer
+    if engine.config.checkpoint is not None and is_quantized_checkpoint(Path(engine.config.checkpoint) / "transformer"):
+        raise QuantizationError(f"checkpoint {engine.config.checkpoint} is already quantized")
+    blocks = parse_exclude_blocks(exclude_blocks, len(model.transformer_blocks))
+
+    calibrate = None
+    if not weight_only:
+        s, v = engine.config.sampling, engine.config.video
+        seconds = min(engine.config.limits.max_seconds,
+                      2 * s.chunk_frames * engine.vae.temporal_compression / v.fps)  # two blocks: sees a state fold
+        prompts = calibration_prompts(calibration)
+
+        def calibrate(m: nn.Module) -> None:
+            original, engine.transformer = engine.transformer, m
+            try:
+                for i, prompt in enumerate(tqdm(prompts, desc="calibrating", unit="prompt", disable=not progress)):
+                    for _ in engine.stream(GenerationRequest(prompt, seconds=seconds, seed=i)):
+                        pass
+            finally:
+                engine.transformer = original
+
+    qcfg = quantize_transformer(model, blocks, calibrate, method=method, progress=progress)
+    if calibrate is not None:
+        qcfg["sana_serve"]["calibration_prompts"] = len(prompts)
+    source = Path(engine.config.checkpoint) if engine.config.checkpoint is not None else None
+    write_checkpoint(out, model, qcfg, source, engine.vae, engine.config.text_encoder)
+    return {"out": str(out), "source": str(source) if source else f"random weights of config {engine.config.name}",
+            "quant_algo": qcfg["quantization"]["quant_algo"], "excluded_blocks": sorted(blocks),
+            **memory_report(model)}
