@@ -1,0 +1,115 @@
+"""Server settings: where data lives, who may call, how much work is let in.
+
+One frozen dataclass, filled from the `serve` command line; the API keys may also come from
+the environment (SANA_SERVE_API_KEYS, comma-separated) so they stay out of process listings.
+The model's own request limits (max seconds, steps, guidance, prompt length) live in the
+model config (engine.config.LimitsConfig), not here.
+"""
+from __future__ import annotations
+
+import hmac
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+API_KEYS_ENV = "SANA_SERVE_API_KEYS"
+
+
+def keys_from_env(environ: dict | None = None) -> tuple[str, ...]:
+    raw = (environ if environ is not None else os.environ).get(API_KEYS_ENV, "")
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    config: str = "shapes-tiny"  # model config name in configs/ or a .yaml path
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: tuple[str, ...] = ()  # empty: no authentication
+    cors_origins: tuple[str, ...] = ()  # e.g. ("*",) or ("https://app.example",)
+    max_queued: int = 64  # jobs waiting (not yet running); more -> 429 with Retry-After
+    max_batch: int = 4  # rollouts advanced together per engine step (jobs + realtime sessions)
+    max_sessions: int = 2  # concurrent realtime sessions
+    job_ttl_seconds: int = 24 * 3600  # finished videos expire this long after completion
+    cleanup_interval_seconds: float = 60.0
+    max_body_bytes: int = 64 * 1024  # request bodies above this -> 413
+    torch_threads: int | None = None  # None: all cores
+    device: str | None = None  # None: cuda if available, else cpu
+    checkpoint: str | None = None  # overrides the model config's checkpoint directory
+    log_format: str = "json"  # json | text
+    keep_frames: bool = False  # keep raw frames after the MP4 is written (tests compare them exactly)
+    # Reachable without an API key: health probes and the playground page's static shell (code,
+    # no data; the page's own API calls carry the key). Entries ending in "/" are prefixes.
+    public_paths: tuple[str, ...] = ("/healthz", "/readyz", "/", "/static/", "/favicon.ico")
+    extra: dict = field(default_factory=dict)  # room for settings other parts add later
+
+    def __post_init__(self):
+        for name in ("max_queued", "max_batch", "max_body_bytes", "job_ttl_seconds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_sessions < 0:
+            raise ValueError(f"max_sessions must be >= 0, got {self.max_sessions}")
+        if self.log_format not in ("json", "text"):
+            raise ValueError(f"log_format must be json or text, got {self.log_format!r}")
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+
+    # -- authentication ------------------------------------------------------------------------
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    def check_key(self, token: str | None) -> bool:
+        """True if no keys are configured or `token` is one of them (constant-time comparison)."""
+        if not self.api_keys:
+            return True
+        if not token:
+            return False
+        candidate = token.encode()
+        ok = False
+        for key in self.api_keys:  # compare against every key: timing does not reveal which matched
+            ok |= hmac.compare_digest(candidate, key.encode())
+        return ok
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, else None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def add_serve_arguments(p) -> None:
+    """The `sana-serve serve` options (argparse); see ServerSettings for what each means."""
+    d = ServerSettings()
+    p.add_argument("--config", default=d.config, help="model config name in configs/ or a .yaml path")
+    p.add_argument("--checkpoint", help="checkpoint directory (Hugging Face layout), overrides the config's")
+    p.add_argument("--host", default=d.host)
+    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument("--data-dir", default=str(d.data_dir), help="job database and video files (created if missing)")
+    p.add_argument("--api-key", action="append", default=[],
+                   help=f"accepted API key (repeatable; also ${API_KEYS_ENV}, comma-separated). None: no auth")
+    p.add_argument("--cors-origin", action="append", default=[], help="allowed CORS origin (repeatable, or '*')")
+    p.add_argument("--max-queued", type=int, default=d.max_queued, help="waiting jobs before 429")
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help="rollouts advanced together per engine step")
+    p.add_argument("--max-sessions", type=int, default=d.max_sessions, help="concurrent realtime sessions")
+    p.add_argument("--job-ttl", type=int, default=d.job_ttl_seconds, help="seconds a finished video is kept")
+    p.add_argument("--cleanup-interval", type=float, default=d.cleanup_interval_seconds)
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--log-format", choices=["json", "text"], default=d.log_format)
+    p.add_argument("--keep-frames", action="store_true", help="keep each job's raw frames (.npy) after encoding")
+
+
+def settings_from_args(args, environ: dict | None = None) -> ServerSettings:
+    keys = tuple(dict.fromkeys([*args.api_key, *keys_from_env(environ)]))
+    return ServerSettings(
+        config=args.config, checkpoint=args.checkpoint, host=args.host, port=args.port, data_dir=Path(args.data_dir),
+        api_keys=keys, cors_origins=tuple(args.cors_origin), max_queued=args.max_queued, max_batch=args.max_batch,
+        max_sessions=args.max_sessions, job_ttl_seconds=args.job_ttl, cleanup_interval_seconds=args.cleanup_interval,
+        max_body_bytes=args.max_body_bytes, torch_threads=args.threads, device=args.device,
+        log_format=args.log_format, keep_frames=args.keep_frames)
