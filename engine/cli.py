@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, required=True, help="output .mp4 path")
     g.add_argument("--config", default="shapes-tiny", help="config name in configs/ or a .yaml path")
     g.add_argument("--checkpoint", type=Path, help="checkpoint directory (Hugging Face layout), overrides the config's")
-    g.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    g.add_argument("--precision", choices=["fp32", "bf16", "nvfp4"], default="fp32",
+                   help="nvfp4: quantize the transformer blocks' weights on load (a quantized --checkpoint stays packed)")
+    g.add_argument("--kernels", choices=["auto", "triton", "torch"], default="auto",
+                   help="linear attention / NVFP4 GEMM kernels: auto = Triton on CUDA, PyTorch on CPU")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--compile", action="store_true", help="torch.compile the transformer (pays off for long videos)")
     g.add_argument("--negative-prompt", default="")
@@ -87,11 +90,36 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seconds", type=_positive_seconds, help="override the video length of every set")
     e.add_argument("--json", type=Path, help="write per-video results and the summary here")
     e.add_argument("--device")
+    q = sub.add_parser("quantize", help="write an NVFP4 checkpoint (ModelOpt's Hugging Face export layout)")
+    q.add_argument("--config", default="shapes-tiny", help="config name in configs/ or a .yaml path")
+    q.add_argument("--checkpoint", type=Path, help="checkpoint directory to quantize (default: the config's)")
+    q.add_argument("--out", type=Path, required=True, help="new (or empty) directory for the quantized checkpoint")
+    q.add_argument("--exclude-blocks", default="", help="blocks kept high precision, e.g. first,last or 0,5")
+    q.add_argument("--weight-only", action="store_true",
+                   help="no activation calibration: quant_algo W4A16_NVFP4, no input_scale")
+    q.add_argument("--calibration", type=int, default=4, help="sample prompts for the activation calibration")
+    q.add_argument("--device", help="cpu, cuda ... (default: cuda if available; ModelOpt calibrates on CUDA)")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    v = sub.add_parser("serve", help="run the HTTP server (OpenAI Videos API compatible, live block streaming)")
+    from server.config import add_serve_arguments  # argparse only; the server itself loads in cmd_serve
+
+    add_serve_arguments(v)
     v = sub.add_parser("serve", help="run the HTTP server (OpenAI Videos API compatible, live block streaming)")
     from server.config import add_serve_arguments  # argparse only; the server itself loads in cmd_serve
 
     add_serve_arguments(v)
     return parser
+
+
+def cmd_quantize(args) -> int:
+    from engine.quantize import quantize_checkpoint
+
+    summary = quantize_checkpoint(args.out, args.config, args.checkpoint, args.exclude_blocks, args.weight_only,
+                                  args.calibration, args.device, progress=not args.quiet)
+    print(f"wrote {summary['out']} ({summary['quant_algo']}: {summary['nvfp4_layers']} layers, "
+          f"{summary['nvfp4_weight_bytes'] / 1e6:.2f} MB packed = {summary['nvfp4_vs_bf16']:.3f}x bf16, "
+          f"{summary['bits_per_weight']:.2f} bits/weight; from {summary['source']})", file=sys.stderr)
+    return 0
 
 
 def cmd_eval(args) -> int:
@@ -132,6 +160,7 @@ def cmd_generate(args) -> int:
     from tqdm import tqdm
 
     from engine import GenerationRequest, load_engine
+    from engine.quantize import memory_report
     from engine.video import Mp4Writer
 
     if args.out.suffix.lower() != ".mp4":
@@ -144,7 +173,7 @@ def cmd_generate(args) -> int:
 
     t_load = time.perf_counter()
     engine = load_engine(args.config, checkpoint=args.checkpoint, device=args.device, precision=args.precision,
-                         compile=args.compile)
+                         compile=args.compile, kernels=args.kernels)
     load_s = time.perf_counter() - t_load
     req = GenerationRequest(prompt=args.prompt, seconds=args.seconds, seed=args.seed,
                             negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
@@ -185,6 +214,8 @@ def cmd_generate(args) -> int:
         "realtime_factor": round(args.seconds / total_s, 4),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "state_bytes": state_bytes,
+        "precision": args.precision,
+        "memory": memory_report(engine.transformer),
     }
     if args.report is not None:
         args.report.write_text(json.dumps(report, indent=2))
@@ -199,7 +230,14 @@ def cmd_serve(args) -> int:
     return serve(args)
 
 
-COMMANDS = {"generate": cmd_generate, "train": cmd_train, "eval": cmd_eval}
+def cmd_serve(args) -> int:
+    from server.app import serve
+
+    return serve(args)
+
+
+COMMANDS = {"generate": cmd_generate, "train": cmd_train, "eval": cmd_eval, "quantize": cmd_quantize}
+COMMANDS["serve"] = cmd_serve
 COMMANDS["serve"] = cmd_serve
 
 
