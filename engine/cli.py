@@ -104,10 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     from server.config import add_serve_arguments  # argparse only; the server itself loads in cmd_serve
 
     add_serve_arguments(v)
-    v = sub.add_parser("serve", help="run the HTTP server (OpenAI Videos API compatible, live block streaming)")
-    from server.config import add_serve_arguments  # argparse only; the server itself loads in cmd_serve
-
-    add_serve_arguments(v)
     return parser
 
 
@@ -230,14 +226,7 @@ def cmd_serve(args) -> int:
     return serve(args)
 
 
-def cmd_serve(args) -> int:
-    from server.app import serve
-
-    return serve(args)
-
-
 COMMANDS = {"generate": cmd_generate, "train": cmd_train, "eval": cmd_eval, "quantize": cmd_quantize}
-COMMANDS["serve"] = cmd_serve
 COMMANDS["serve"] = cmd_serve
 
 
