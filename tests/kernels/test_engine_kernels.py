@@ -1,0 +1,55 @@
+"""The engine's kernel switch: Triton forced on (under the interpreter) equals PyTorch; clear errors otherwise.
+
+The equality checks are in `engine_interpreter_checks.py`, run in a child Python with
+TRITON_INTERPRET=1 set from its start (Triton fixes interpreter-or-compiler at its first import).
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")  # in the dev extra
+
+from engine.model.attention import LinearSelfAttention  # noqa: E402
+from engine.model.transformer import SanaVideoTransformer  # noqa: E402
+from engine.quantize import QuantizationError, set_kernels  # noqa: E402
+from kernels._triton import is_interpreted  # noqa: E402
+from kernels.linear_attention import _state_kernel  # noqa: E402
+
+CHECKS = Path(__file__).with_name("engine_interpreter_checks.py")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_engine_triton_path_matches_torch_under_the_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CHECKS)]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    summary = output.strip().splitlines()[-1]
+    assert re.search(r"\d+ passed", summary) and "skipped" not in summary, output[-3000:]
+
+
+def tiny():
+    return SanaVideoTransformer(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16,
+                                num_layers=1, num_cross_attention_heads=2, cross_attention_head_dim=16,
+                                cross_attention_dim=32, caption_channels=24, sample_size=4)
+
+
+@pytest.mark.skipif(is_interpreted(_state_kernel), reason="this session itself runs Triton's interpreter")
+def test_forcing_triton_on_cpu_without_the_interpreter_is_a_clear_error():
+    with pytest.raises(QuantizationError, match="TRITON_INTERPRET=1"):
+        set_kernels(tiny(), "triton", torch.device("cpu"))
+
+
+def test_auto_and_torch_keep_the_pytorch_path_on_cpu():
+    model = tiny()
+    for kernels in ("auto", "torch"):
+        assert set_kernels(model, kernels, torch.device("cpu")) == "torch"
+        assert all(m.kernels == "torch" for m in model.modules() if isinstance(m, LinearSelfAttention))
+    with pytest.raises(QuantizationError, match="kernels must be one of"):
+        set_kernels(model, "cuda", torch.device("cpu"))
