@@ -1,0 +1,170 @@
+"""A real `sana-serve serve` on 127.0.0.1 (subprocess, free port, temporary data dir).
+
+The server runs a test copy of the default model config with tight limits (max 6 s videos,
+at most 2 steps per block, 200-character prompts), so generated and fuzzed requests stay
+cheap on a 2-core CPU. Most tests share one session-scoped server that requires an API key;
+tests that kill the process start their own.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "test-key-0123456789"
+PROMPT = "a red circle moving right on a black background"
+LIMITS = {"max_seconds": 6, "max_steps": 2, "min_guidance": 1.0, "max_guidance": 8.0, "max_prompt_chars": 200}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_test_config(directory: Path) -> Path:
+    """configs/shapes-tiny.yaml with test limits; its checkpoint path made absolute."""
+    src = ROOT / "configs" / "shapes-tiny.yaml"
+    data = yaml.safe_load(src.read_text())
+    if data.get("checkpoint"):
+        data["checkpoint"] = str((src.parent / data["checkpoint"]).resolve())
+    data["limits"] = LIMITS
+    path = directory / "shapes-tiny-test.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class ServerProcess:
+    """One `sana-serve serve` subprocess; `kill()` is SIGKILL, `start()` reuses the data dir."""
+
+    def __init__(self, data_dir: Path, config: Path, api_key: str | None = None, extra: list[str] | None = None):
+        self.data_dir, self.config, self.api_key = data_dir, config, api_key
+        self.extra = extra or []
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        self._log = None
+
+    @property
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def client(self, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=60, **kw)
+
+    def start(self, timeout: float = 180) -> "ServerProcess":
+        args = [sys.executable, "-m", "engine.cli", "serve", "--config", str(self.config), "--host", "127.0.0.1",
+                "--port", str(self.port), "--data-dir", str(self.data_dir), "--threads", "2", *self.extra]
+        if self.api_key:
+            args += ["--api-key", self.api_key]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        env.pop(("SANA_SERVE_API_KEYS"), None)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"server not ready within {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except FileNotFoundError:
+            return ""
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handlers, nothing flushed."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+        self._close_log()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def wait_for(client: httpx.Client, video_id: str, predicate, timeout: float = 120, interval: float = 0.1) -> dict:
+    """Poll GET /v1/videos/{id} until predicate(video) holds; the video object."""
+    deadline = time.monotonic() + timeout
+    video = None
+    while time.monotonic() < deadline:
+        r = client.get(f"/v1/videos/{video_id}")
+        assert r.status_code == 200, r.text
+        video = r.json()
+        if predicate(video):
+            return video
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {video_id}; last state {video}")
+
+
+def finished(video: dict) -> bool:
+    return video["status"] in ("completed", "failed", "cancelled")
+
+
+def delete_all(client: httpx.Client) -> None:
+    """Remove every job (cancelling running ones), so the next test starts with an idle worker."""
+    while True:
+        page = client.get("/v1/videos", params={"limit": 100}).json()
+        if not page["data"]:
+            return
+        for v in page["data"]:
+            r = client.delete(f"/v1/videos/{v['id']}")
+            assert r.status_code in (200, 404), r.text
+
+
+@pytest.fixture(scope="session")
+def test_config(tmp_path_factory) -> Path:
+    return write_test_config(tmp_path_factory.mktemp("config"))
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, test_config):
+    """The shared server: API key required, small queue (8), batches of up to 4, raw frames kept."""
+    s = ServerProcess(tmp_path_factory.mktemp("server") / "data", test_config, API_KEY,
+                      ["--max-queued", "8", "--max-batch", "4", "--keep-frames", "--log-format", "json"])
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def client(server):
+    with server.client() as c:
+        yield c
+        delete_all(c)
