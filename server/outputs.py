@@ -44,7 +44,7 @@ def block_event(index: int, frame_start: int, frame_count: int, num_blocks: Opti
     """The websocket event announcing a block (DESIGN.md, Contracts); live and replayed alike."""
     progress = None if not num_blocks else min(100, (index + 1) * 100 // num_blocks)
     return {"type": "video.block", "index": index, "frame_start": frame_start,
-            "frame_count": frame_count, "progress": progress}
+            "frame_count": frame_count, "num_blocks": num_blocks, "progress": progress}
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,8 @@ def test_blocks_stream_and_finalize(tmp_path, uninterrupted):
     segments = [out.add_block(b) for b in blocks]
     assert out.blocks_written == len(SIZES) and out.frames_written == len(frames)
     assert [out.segment(k) for k in range(len(SIZES))] == segments
-    assert out.event(1) == {"type": "video.block", "index": 1, "frame_start": 8, "frame_count": 16, "progress": 33}
+    assert out.event(1) == {"type": "video.block", "index": 1, "frame_start": 8, "frame_count": 16,
+                            "num_blocks": 6, "progress": 33}
     assert out.event(5)["progress"] == 100
     streamed = decode_video(out.init_segment() + b"".join(segments))
     assert streamed.shape == frames.shape
