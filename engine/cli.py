@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seconds", type=_positive_seconds, help="override the video length of every set")
     e.add_argument("--json", type=Path, help="write per-video results and the summary here")
     e.add_argument("--device")
+    e.add_argument("--precision", choices=["fp32", "bf16", "nvfp4"], default="fp32",
+                   help="nvfp4: quantize on load (compare pass rates with fp32)")
     q = sub.add_parser("quantize", help="write an NVFP4 checkpoint (ModelOpt's Hugging Face export layout)")
     q.add_argument("--config", default="shapes-tiny", help="config name in configs/ or a .yaml path")
     q.add_argument("--checkpoint", type=Path, help="checkpoint directory to quantize (default: the config's)")
@@ -126,7 +128,7 @@ def cmd_eval(args) -> int:
         _check_writable(args.json, "--json")
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be >= 1")
-    engine = load_engine(args.config, checkpoint=args.checkpoint, device=args.device)
+    engine = load_engine(args.config, checkpoint=args.checkpoint, device=args.device, precision=args.precision)
     report = run_eval(engine, args.sets or list(SETS), args.limit, args.seconds)
     print(format_table(report))
     if args.json is not None:

@@ -320,3 +320,28 @@ def test_a_broken_quantized_checkpoint_is_a_clear_error(tmp_path, capsys, quanti
     qpath.write_text(json.dumps(qcfg))
     assert "matches exclude_modules" in cli_error(capsys, *argv)
     assert "kernels" in cli_error(capsys, *argv[:-2], "--out", str(tmp_path / "y.mp4"), "--kernels", "cuda")
+
+
+def test_quantize_from_a_checkpoint_copies_its_other_parts(tmp_path):
+    from engine.checkpoint import save_transformer, write_model_index
+    from engine.load import build_random_models
+    from engine.config import load_config
+    from engine import load_engine
+
+    src = tmp_path / "src"
+    transformer, vae = build_random_models(load_config("shapes-tiny"))
+    save_transformer(src, transformer)
+    vae.save_pretrained(src / "vae")
+    write_model_index(src, {"transformer": ["sana_serve", "SanaVideoTransformer"], "vae": ["sana_serve", "CausalVideoVAE"]})
+    (src / "README.md").write_text("model card")
+    out = tmp_path / "out"
+    assert main(["quantize", "--checkpoint", str(src), "--out", str(out), "--weight-only", "--quiet"]) == 0
+    assert (out / "README.md").read_text() == "model card"
+    assert (out / "model_index.json").read_bytes() == (src / "model_index.json").read_bytes()
+    for f in (src / "vae").iterdir():
+        assert (out / "vae" / f.name).read_bytes() == f.read_bytes()
+    qcfg = json.loads((out / "transformer/hf_quant_config.json").read_text())
+    assert qcfg["quantization"]["quant_algo"] == "W4A16_NVFP4"
+    assert not any(p.name.startswith(".out.partial") for p in tmp_path.iterdir())
+    engine = load_engine("shapes-tiny", checkpoint=out, device="cpu")
+    assert memory_report(engine.transformer)["nvfp4_layers"] == 6 * len(QUANTIZED_SUFFIXES)
