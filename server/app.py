@@ -465,6 +465,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                   description="Streaming text-to-video (block-autoregressive linear DiT). OpenAI Videos API "
                               "compatible; see DESIGN.md.")
     install_error_handlers(app)
+    _document_model_limits(app, model_config)
     app.include_router(videos)
     app.include_router(ops)
     try:
@@ -478,6 +479,38 @@ def create_app(settings: ServerSettings) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Retry-After", "Content-Range", "Accept-Ranges"])
     return app
+
+
+def _document_model_limits(app: FastAPI, cfg) -> None:
+    """Put the served model's limits into /openapi.json, so clients (and fuzzers) see what is valid."""
+    def openapi():
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            lim, v = cfg.limits, cfg.video
+            body = schema["paths"]["/v1/videos"]["post"]["requestBody"]["content"]
+            for media in body.values():
+                props = media["schema"]["properties"]
+                props["prompt"].update(minLength=1, maxLength=lim.max_prompt_chars)
+                props["negative_prompt"]["maxLength"] = lim.max_prompt_chars
+                for name, bounds in (("num_inference_steps", {"minimum": 1, "maximum": lim.max_steps}),
+                                     ("guidance_scale", {"minimum": lim.min_guidance, "maximum": lim.max_guidance}),
+                                     ("size", {"enum": [f"{v.width}x{v.height}"]}), ("fps", {"enum": [v.fps]}),
+                                     ("model", {"enum": [cfg.name]})):
+                    for option in props[name].get("anyOf", [props[name]]):
+                        if option.get("type") != "null":
+                            option.update(bounds)
+                props["seconds"]["description"] += f" At most {lim.max_seconds:g} for this model."
+                for option in props["seconds"]["anyOf"]:
+                    if option.get("type") == "number":
+                        option.update(exclusiveMinimum=0, maximum=lim.max_seconds)
+                    elif option.get("type") == "string":
+                        option["pattern"] = r"^[0-9]+(\.[0-9]*)?$"
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 # -- logging and `sana-serve serve` ------------------------------------------------------------

@@ -54,6 +54,7 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self._log = None
+        self.saw_not_ready = False  # /readyz answered 503 while the model loaded
 
     @property
     def headers(self) -> dict:
@@ -76,8 +77,10 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                status = httpx.get(self.url + "/readyz", timeout=2).status_code
+                if status == 200:
                     return self
+                self.saw_not_ready |= status == 503
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)

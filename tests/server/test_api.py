@@ -22,6 +22,7 @@ def test_openai_sdk_end_to_end(sdk, server):
     assert video.object == "video" and video.id.startswith("video_")
     assert video.status in ("queued", "in_progress") and video.size == "64x64" and video.seconds == "2"
     assert video.model == "shapes-tiny" and video.prompt == PROMPT
+    assert video.to_dict()["seed"] == 7  # extensions travel as extra form fields
     done = sdk.videos.poll(video.id, poll_interval_ms=100)
     assert done.status == "completed", done
     assert done.progress == 100 and done.completed_at >= done.created_at and done.expires_at > done.completed_at

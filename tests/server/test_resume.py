@@ -32,6 +32,7 @@ def test_kill9_mid_job_then_restart_resumes_identically(tmp_path, test_config):
         assert 1 <= blocks_before < 3
 
         srv.start()
+        assert srv.saw_not_ready  # /readyz said 503 until the model was loaded
         with srv.client() as c:
             v = wait_for(c, vid, finished, timeout=180)
             assert v["status"] == "completed" and v["progress"] == 100 and v["blocks_completed"] == 3, v

@@ -70,3 +70,26 @@ def test_job_files_reject_unsafe_ids_and_checkpoint_atomically(tmp_path):
     assert [p.name for p in files.dir(vid).iterdir()] == ["rollout.ckpt"]  # no temporary file left behind
     files.remove(vid)
     assert files.load_checkpoint(vid) is None
+
+
+def test_expired_and_orphaned_jobs_are_removed(tmp_path):
+    from server.app import remove_expired, remove_orphans
+
+    class Idle:  # the real worker's answer for a job it is not running
+        def cancel(self, job_id, delete_files):
+            return None
+
+    store, files = SqliteJobStore(tmp_path / "jobs.db"), JobFiles(tmp_path)
+    old, fresh, running = job(), job(), job()
+    for j in (old, fresh, running):
+        store.create(j, 10)
+        files.save_checkpoint(j.id, {})
+    store.finish(old.id, "completed", ttl_seconds=0)
+    store.finish(fresh.id, "completed", ttl_seconds=3600)
+    time.sleep(0.01)
+    assert remove_expired(store, files, Idle()) == [old.id]
+    assert store.get(old.id) is None and not files.dir(old.id).exists()
+    assert files.dir(fresh.id).exists() and files.dir(running.id).exists()
+    orphan = new_job_id()
+    files.save_checkpoint(orphan, {})
+    assert remove_orphans(store, files) == [orphan] and not files.dir(orphan).exists()
