@@ -57,6 +57,12 @@ def test_fifty_submissions_at_once(server, client):
                 completions[rec["job_id"]] = completions.get(rec["job_id"], 0) + 1
     assert all(completions.get(vid) == 1 for vid in accepted), completions
 
+    # Concurrent jobs were advanced together: some engine steps carried more than one rollout.
+    text = client.get("/metrics").text
+    steps, rollouts = metric(text, "sana_engine_batch_size_count"), metric(text, "sana_engine_batch_size_sum")
+    print(f"{rollouts / steps:.2f} rollouts per engine step on average")
+    assert rollouts / steps > 1.2
+
     rss_after = server.rss_bytes()
     print(f"server RSS {rss_before / 2**20:.0f} MiB -> {rss_after / 2**20:.0f} MiB")
     assert rss_after < rss_before + 400 * 2**20
