@@ -186,8 +186,13 @@ def main() -> None:
     early = statistics.median(per_block[1:4])  # blocks 2..4 (block 2 is index 1)
     late = statistics.median(per_block[-3:])  # blocks 59..61
     # 2. time to first block and throughput, 60 s video
-    _, ttfb, ours_total, frames = ours_generate(engine, ttfb_s)
-    _, diff_total = diffusers_generate(engine, ref, ttfb_s)
+    # Interleaved and best of two: a shared machine's load then hits both sides alike.
+    ours_runs, diff_runs = [], []
+    for _ in range(2):
+        ours_runs.append(ours_generate(engine, ttfb_s))
+        diff_runs.append(diffusers_generate(engine, ref, ttfb_s)[1])
+    _, ttfb, ours_total, frames = min(ours_runs, key=lambda r: r[2])
+    diff_total = min(diff_runs)
     # diffusers' cost growth: per-frame cost at 10 s vs 60 s
     _, diff_short = diffusers_generate(engine, ref, short_s)
     # 3. memory, fresh processes

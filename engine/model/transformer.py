@@ -258,6 +258,15 @@ class SanaVideoTransformer(nn.Module):
         return StreamState(len(self.transformer_blocks), batch_size, self.heads, self.head_dim,
                            window_chunks=window_chunks, device=self.proj_out.weight.device)
 
+    @torch.compiler.disable  # reading state.next_frame inside a compiled graph would guard on it: a recompile per chunk
+    def _rope_at(self, state, frames: int, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE tables at the state's absolute frame position (one per row for a StateBatch)."""
+        offset = 0
+        if state is not None:
+            nf, p_t = state.next_frame, self.patch_size[0]
+            offset = nf // p_t if isinstance(nf, int) else [n // p_t for n in nf]
+        return self.rope(offset, frames, height, width, device)
+
     # ---- forward --------------------------------------------------------------------------
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, timestep: torch.Tensor,
                 encoder_attention_mask: torch.Tensor | None = None, guidance: torch.Tensor | None = None,
@@ -285,11 +294,7 @@ class SanaVideoTransformer(nn.Module):
         f, hh, ww = frames // p_t, height // p_h, width // p_w
         dtype = self.proj_out.weight.dtype
 
-        offset = 0
-        if state is not None:  # an int, or one per row for a StateBatch of requests at different positions
-            nf = state.next_frame
-            offset = nf // p_t if isinstance(nf, int) else [n // p_t for n in nf]
-        rope = self.rope(offset, f, hh, ww, latents.device)
+        rope = self._rope_at(state, f, hh, ww, latents.device)
         x = self.patch_embedding(latents.to(dtype)).flatten(2).transpose(1, 2)  # (B, N, C)
 
         if timestep.ndim == 0:
