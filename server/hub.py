@@ -263,7 +263,10 @@ class _Replay:
 
     def _open(self) -> Optional[JobOutput]:
         if self._output is None and JobOutput.exists(self.job_dir):
-            self._output = JobOutput.open(self.job_dir)
+            try:
+                self._output = JobOutput.open(self.job_dir)
+            except FileNotFoundError:  # deleted between the two looks
+                return None
         return self._output
 
     def _payload(self, output: JobOutput, segment: bytes) -> bytes:
@@ -274,6 +277,13 @@ class _Replay:
 
     async def from_disk(self):
         """Blocks next_index.. that are on disk now (the directory is re-read until caught up)."""
+        try:
+            async for item in self._from_disk():
+                yield item
+        except FileNotFoundError:  # the job was deleted while being replayed
+            raise StreamClosed(1000, "the video was deleted") from None
+
+    async def _from_disk(self):
         while True:
             output = await asyncio.to_thread(self._open)
             if output is None:

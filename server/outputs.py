@@ -95,21 +95,22 @@ class JobOutput:
     INIT = "init.mp4"
 
     def __init__(self, job_dir, width: int, height: int, fps: float, frames_per_block: int,
-                 keep_frames: bool = False):
+                 keep_frames: bool = False, create: bool = True):
         self.dir = Path(job_dir)
         self.width, self.height, self.fps = int(width), int(height), fps
         self.frames_per_block = int(frames_per_block)
         self.keep_frames = keep_frames  # keep the raw .npy frames after finalize()
         self._encoder: Optional[FragmentedMp4Encoder] = None
         self._segments: list[SegmentInfo] = []
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if create:  # a reader must not re-create the directory of a job deleted meanwhile
+            self.dir.mkdir(parents=True, exist_ok=True)
         self._recover()
 
     @classmethod
     def open(cls, job_dir) -> "JobOutput":
         """Open a directory written earlier; FileNotFoundError if no block was ever written."""
         meta = json.loads((Path(job_dir) / "stream.json").read_text())
-        return cls(job_dir, meta["width"], meta["height"], meta["fps"], meta["frames_per_block"])
+        return cls(job_dir, meta["width"], meta["height"], meta["fps"], meta["frames_per_block"], create=False)
 
     @staticmethod
     def exists(job_dir) -> bool:
@@ -190,7 +191,7 @@ class JobOutput:
                 "width": self.width, "height": self.height, "fps": self.fps,
                 "frames_per_block": self.frames_per_block, "num_blocks": block.num_blocks,
             }).encode())
-        (self.dir / "frames").mkdir(exist_ok=True)
+        (self.dir / "frames").mkdir(parents=True, exist_ok=True)
         (self.dir / "segments").mkdir(exist_ok=True)
         buf = io.BytesIO()
         np.save(buf, frames)

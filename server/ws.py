@@ -212,7 +212,8 @@ class _RealtimeSession:
             if not self._init_sent:
                 segment = self.encoder.init_segment + segment
                 self._init_sent = True
-        event = dict(block_event(block.index, block.frame_start, block.frame_count, None), id=self.id)
+        session_id = self.id or (self.handle.id if self.handle is not None else None)
+        event = dict(block_event(block.index, block.frame_start, block.frame_count, None), id=session_id)
         self.buffer.offer((event, segment), size=len(segment))
 
     def on_end(self, error: Optional[str]) -> None:  # worker thread
