@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from engine.video import FragmentedMp4Encoder, decode_video
-from tests.server.conftest import API_KEY, PROMPT, ROOT, finished, free_port, wait_for
+from tests.server.conftest import API_KEY, PROMPT, ROOT, ServerProcess, free_port
 
 FPS = 16
 
@@ -167,6 +167,38 @@ def test_cancelled_job_ends_the_stream(server, client):
                 end = json.loads(message)
                 break
     assert end["type"] == "video.failed" and end["error"]["code"] in ("cancelled", "deleted")
+
+
+def test_stream_continues_across_a_kill9(tmp_path, test_config):
+    """SIGKILL after block 0 was watched, restart, reconnect with from_block=1: the stitched
+    stream has every frame once and equals an uninterrupted run's stream, pixel for pixel
+    (the resumed encoder continues the fMP4 timeline of the stored init segment)."""
+    srv = ServerProcess(tmp_path / "data", test_config, extra=["--max-batch", "1"])
+    body = {"prompt": PROMPT, "seconds": 6, "num_inference_steps": 2, "seed": 13}  # 3 blocks
+    srv.start()
+    try:
+        with srv.client() as c:
+            vid = c.post("/v1/videos", json=body).json()["id"]
+        with open_stream(srv, vid) as ws:
+            assert json.loads(ws.recv(timeout=120))["index"] == 0
+            head = ws.recv(timeout=120)
+        srv.kill()
+        on_disk = list((srv.data_dir / "videos" / vid / "segments").glob("*.m4s"))
+        assert 1 <= len(on_disk) < 3  # so the restarted process encodes with a fresh encoder
+        srv.start()
+        with open_stream(srv, vid, from_block=1) as ws:
+            events, rest, end = read_stream(ws)
+        assert [e["index"] for e in events] == [1, 2] and end["type"] == "video.completed"
+        stitched = decode_video(head + rest[len(_init_of(rest)):])
+        assert stitched.shape == (6 * FPS, 64, 64, 3)
+        with srv.client() as c:
+            ref = c.post("/v1/videos", json=body).json()["id"]
+        with open_stream(srv, ref) as ws:
+            _, reference, _ = read_stream(ws)
+        assert np.array_equal(stitched, decode_video(reference))
+        assert _init_of(rest) == _init_of(head) == _init_of(reference)
+    finally:
+        srv.stop()
 
 
 # -- an in-process server for the knobs ------------------------------------------------------
