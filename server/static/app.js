@@ -229,14 +229,22 @@ function link(text, onClick) {
   return a;
 }
 
+let listRequests = 0;
+
 async function refreshVideos() {
+  const request = ++listRequests; // only the latest answer is shown (e.g. after the key changed)
   let page;
   try {
     page = await api("GET", "/v1/videos?limit=20&order=desc");
   } catch (err) {
+    if (request !== listRequests) return;
+    $("videos").querySelector("tbody").replaceChildren();
     $("videos-empty").textContent = `Could not list videos: ${err.message}`;
+    $("videos-empty").hidden = false;
     return;
   }
+  if (request !== listRequests) return;
+  $("videos-empty").textContent = "No videos yet.";
   const tbody = $("videos").querySelector("tbody");
   tbody.replaceChildren();
   for (const v of page.data) {

@@ -87,3 +87,33 @@ def test_video_plays_while_blocks_arrive(server, client, browser):
     assert row is not None
     page.screenshot(path=str(OUTPUT / "playground-done.png"))
     context.close()
+
+
+def test_realtime_tab_streams_and_takes_a_prompt_update(server, browser):
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.url + "/")
+    page.fill("#api-key", API_KEY)
+    page.dispatch_event("#api-key", "change")
+    page.click("#tab-realtime")
+    page.fill("#rt-seed", "5")
+    page.fill("#rt-steps", "1")
+    page.click("#rt-start")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('Realtime block 2')",
+                           timeout=120000)
+    page.fill("#rt-prompt", "a green square moving up on a white background")
+    page.click("#rt-update")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('Prompt updated')"
+                           " || document.getElementById('status').textContent.startsWith('Realtime block')",
+                           timeout=60000)
+    page.wait_for_function("document.getElementById('player').currentTime > 1.0", timeout=60000)
+    page.click("#rt-stop")
+    page.wait_for_function("!document.getElementById('rt-start').disabled", timeout=60000)
+    assert not page.evaluate("document.getElementById('status').classList.contains('error')"), \
+        page.evaluate("document.getElementById('status').textContent")
+    assert not errors, errors
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "playground-realtime.png"))
+    context.close()
