@@ -264,7 +264,7 @@ async def realtime(ws: WebSocket):
        "guidance_scale"?}
       {"type":"prompt.update","prompt":P}      the next block follows P; the state keeps the scene
       {"type":"session.stop"}
-      {"type":"ping"}                          keeps an otherwise silent viewer from idling out
+      {"type":"ping"}                          counts as activity for the idle limit (answered with pong)
     Server -> client:
       {"type":"session.started","session_id","seed","width","height","fps","frames_per_block"}
       per block {"type":"video.block","id","index","frame_start","frame_count","progress":null}

@@ -314,7 +314,7 @@ $("realtime-form").addEventListener("submit", (e) => {
   socket.binaryType = "arraybuffer";
   session = { socket, blocks: 0 };
   $("rt-start").disabled = true;
-  const keepalive = setInterval(() => socket.readyState === 1 && socket.send(JSON.stringify({ type: "ping" })), 20000);
+  // No automatic keep-alive: a tab nobody steers is stopped by the server's idle limit.
   socket.onopen = () => { socket.send(JSON.stringify(start)); setStatus("Starting a realtime session…"); };
   socket.onmessage = (message) => {
     if (typeof message.data !== "string") {
@@ -334,11 +334,11 @@ $("realtime-form").addEventListener("submit", (e) => {
     } else if (event.type === "error") {
       setStatus(event.error.message, true);
     } else if (event.type === "session.stopped") {
-      setStatus(`Session stopped (${event.reason})`);
+      setStatus(event.reason === "idle_timeout" ? "Session stopped: no prompt change for a while (idle limit)"
+                                                : `Session stopped (${event.reason})`);
     }
   };
   socket.onclose = (close) => {
-    clearInterval(keepalive);
     endSession(close.code === 1000 || close.code === 1001 ? null : `Session closed: ${close.reason || close.code}`,
                close.code !== 1000 && close.code !== 1001);
   };
