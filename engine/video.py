@@ -6,6 +6,7 @@ there is no codec library to build and frames never need to sit in memory all at
 - `Mp4Writer` writes a regular H.264 MP4 file (moov first, so it plays while downloading).
 - `FragmentedMp4Encoder` turns blocks of frames into fragmented-MP4 media segments that a
   browser's MediaSource can append as they arrive; any block is a valid place to start playing.
+- `remux_to_mp4` turns a fragmented-MP4 stream into a regular MP4 file without re-encoding.
 - `decode_video` turns MP4 bytes or a file back into frames.
 """
 
@@ -20,12 +21,12 @@ import threading
 import uuid
 import weakref
 from pathlib import Path
-from typing import Deque, List, Optional, Union
+from typing import Deque, Iterable, List, Optional, Union
 
 import imageio_ffmpeg
 import numpy as np
 
-__all__ = ["VideoEncodingError", "Mp4Writer", "FragmentedMp4Encoder", "decode_video"]
+__all__ = ["VideoEncodingError", "Mp4Writer", "FragmentedMp4Encoder", "decode_video", "remux_to_mp4"]
 
 
 class VideoEncodingError(RuntimeError):
@@ -557,6 +558,35 @@ class FragmentedMp4Encoder:
         sequence = struct.unpack_from(">I", data, pos + 4)[0]
         struct.pack_into(">I", data, pos + 4, sequence + sequence_shift)
         return bytes(data)
+
+
+def remux_to_mp4(chunks: Iterable[bytes], path: Union[str, os.PathLike]) -> Path:
+    """Write a fragmented-MP4 stream (init segment, then media segments) as a regular MP4 file
+    with the moov first, by stream copy: no re-encoding, so it takes milliseconds per minute of
+    video and its frames are exactly the stream's. Atomic like Mp4Writer (temporary file, then
+    rename); raises VideoEncodingError if ffmpeg fails."""
+    path = Path(path)
+    tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
+    args = [
+        _ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-f", "mp4", "-i", "pipe:0",
+        "-map", "0:v:0", "-c", "copy", "-movflags", "+faststart", "-f", "mp4", tmp,
+    ]
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = _StderrTail(proc.stderr)
+    try:
+        try:
+            for chunk in chunks:
+                proc.stdin.write(chunk)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        returncode = proc.wait()
+        if returncode != 0:
+            raise _failure(f"ffmpeg could not remux the stream (exit code {returncode})", stderr)
+        os.replace(tmp, path)
+    finally:
+        _discard_file(proc, tmp)  # kills ffmpeg if still running; the temp file is gone after the rename
+    return path
 
 
 def decode_video(data_or_path: Union[bytes, bytearray, memoryview, str, os.PathLike]) -> np.ndarray:

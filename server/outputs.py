@@ -5,13 +5,14 @@ Layout of one job directory:
     stream.json                      geometry: width, height, fps, frames_per_block, num_blocks
     init.mp4                         the fMP4 init segment (ftyp+moov), written with block 0
     segments/000003-000072-32.m4s    block 3's fMP4 media segment: index, frame_start, frame_count
-    frames/000003.npy                block 3's raw uint8 frames (T, H, W, 3), until finalize()
-    video.mp4                        the finished H.264 MP4 (moov first), from finalize()
+    frames/000003.npy                block 3's raw uint8 frames (T, H, W, 3), only with keep_frames
+    video.mp4                        the finished MP4 (moov first): the segments remuxed, by finalize()
     thumbnail.png                    a middle frame, from finalize()
 
 Every file is written to a temporary name and renamed into place, and a block counts as
-written only once its segment exists: frames first, segment last. A crash between the two
-leaves an orphan .npy that the next add_block() of that index overwrites, never a torn file.
+written only once its segment exists: raw frames (if kept) first, segment last. A crash in
+between leaves an orphan .npy that the next add_block() of that index overwrites, never a
+torn file.
 The segment's name carries the block's position on the timeline, so a reader (a websocket
 replaying a finished job, another process) learns everything from one directory listing,
 and a writer reopened after a restart resumes the fragmented-MP4 timeline where it stopped.
@@ -21,6 +22,7 @@ One writer per job directory (the worker thread); any number of readers.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import re
@@ -33,7 +35,7 @@ from typing import Optional
 
 import numpy as np
 
-from engine.video import FragmentedMp4Encoder, Mp4Writer, VideoEncodingError
+from engine.video import FragmentedMp4Encoder, VideoEncodingError, decode_video, remux_to_mp4
 
 __all__ = ["JobOutput", "SegmentInfo", "block_event", "write_png"]
 
@@ -99,7 +101,7 @@ class JobOutput:
         self.dir = Path(job_dir)
         self.width, self.height, self.fps = int(width), int(height), fps
         self.frames_per_block = int(frames_per_block)
-        self.keep_frames = keep_frames  # keep the raw .npy frames after finalize()
+        self.keep_frames = keep_frames  # also store each block's raw frames (.npy), e.g. for exact tests
         self._encoder: Optional[FragmentedMp4Encoder] = None
         self._segments: list[SegmentInfo] = []
         if create:  # a reader must not re-create the directory of a job deleted meanwhile
@@ -154,7 +156,7 @@ class JobOutput:
         return self.info(index).path.read_bytes()
 
     def frames(self, index: int) -> np.ndarray:
-        """Block `index`'s raw frames (until finalize() deletes them)."""
+        """Block `index`'s raw frames (stored with keep_frames only)."""
         return np.load(self.dir / "frames" / f"{index:06d}.npy")
 
     @property
@@ -191,11 +193,12 @@ class JobOutput:
                 "width": self.width, "height": self.height, "fps": self.fps,
                 "frames_per_block": self.frames_per_block, "num_blocks": block.num_blocks,
             }).encode())
-        (self.dir / "frames").mkdir(parents=True, exist_ok=True)
-        (self.dir / "segments").mkdir(exist_ok=True)
-        buf = io.BytesIO()
-        np.save(buf, frames)
-        _write_atomic(self.dir / "frames" / f"{index:06d}.npy", buf.getvalue())
+        (self.dir / "segments").mkdir(parents=True, exist_ok=True)
+        if self.keep_frames:
+            (self.dir / "frames").mkdir(exist_ok=True)
+            buf = io.BytesIO()
+            np.save(buf, frames)
+            _write_atomic(self.dir / "frames" / f"{index:06d}.npy", buf.getvalue())
 
         if self._encoder is None:
             # A fresh process (or a resumed job): continue the timeline after what is on disk.
@@ -216,25 +219,24 @@ class JobOutput:
         return segment
 
     def finalize(self) -> Path:
-        """Write video.mp4 (H.264, moov first) and thumbnail.png from the stored frames.
+        """Write video.mp4 (H.264, moov first) and thumbnail.png (the middle frame).
 
-        Idempotent: after a crash half-way it can simply be called again. The segments are
-        kept, so websocket viewers can replay a finished video; the raw frames are deleted
-        unless keep_frames.
+        The MP4 is the stored stream remuxed without re-encoding: fast even for long videos
+        (the worker is not held up), and frame for frame what the live viewers saw. Idempotent:
+        after a crash half-way it can simply be called again. The segments are kept, so
+        websocket viewers can replay a finished video.
         """
         self.close_encoder()
         if not self._segments:
             raise ValueError("finalize() before any block was written")
-        if not self.finalized:
+        if not self.thumbnail_path.exists():
             middle = self.frames_written // 2
             info = next(s for s in self._segments if s.frame_start + s.frame_count > middle)
-            write_png(self.thumbnail_path, self.frames(info.index)[middle - info.frame_start])
-            with Mp4Writer(self.video_path, self.width, self.height, self.fps) as writer:
-                for s in self._segments:
-                    writer.write(self.frames(s.index))
-        if not self.keep_frames:
-            for path in (self.dir / "frames").glob("*.npy"):
-                path.unlink(missing_ok=True)
+            frames = decode_video(self.init_segment() + self.segment(info.index))
+            write_png(self.thumbnail_path, frames[middle - info.frame_start])
+        if not self.video_path.exists():
+            remux_to_mp4(itertools.chain([self.init_segment()], (self.segment(s.index) for s in self._segments)),
+                         self.video_path)
         return self.video_path
 
     def close_encoder(self) -> None:

@@ -11,7 +11,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from engine.video import FragmentedMp4Encoder, Mp4Writer, VideoEncodingError, decode_video
+from engine.video import FragmentedMp4Encoder, Mp4Writer, VideoEncodingError, decode_video, remux_to_mp4
 
 W, H, FPS = 64, 64, 16
 BACKGROUND = (10, 10, 10)
@@ -413,3 +413,23 @@ def test_start_sequence_is_independent_of_start_frame():
 def test_encoder_rejects_bad_offsets(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FragmentedMp4Encoder(W, H, FPS, frames_per_block=4, **kwargs)
+
+
+# -- remux_to_mp4 ----------------------------------------------------------------------------
+
+
+def test_remux_is_the_stream_as_a_regular_mp4(tmp_path, streamed):
+    frames, init, blocks = streamed
+    path = remux_to_mp4([init, *blocks], tmp_path / "video.mp4")
+    data = path.read_bytes()
+    order = [kind for kind, _, _ in boxes(data)]
+    assert order[0] == b"ftyp" and order.index(b"moov") < order.index(b"mdat") and b"moof" not in order
+    assert np.array_equal(decode_video(path), decode_video(init + b"".join(blocks)))  # no re-encoding
+    assert "16 fps" in ffmpeg_stream_info(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["video.mp4"]
+
+
+def test_remux_of_garbage_raises_and_leaves_no_file(tmp_path):
+    with pytest.raises(VideoEncodingError, match="remux"):
+        remux_to_mp4([b"\x00\x00\x00\x08free", b"not an mp4 at all"], tmp_path / "video.mp4")
+    assert list(tmp_path.iterdir()) == []

@@ -59,14 +59,16 @@ def test_blocks_stream_and_finalize(tmp_path, uninterrupted):
 
     video = out.finalize()
     assert video == tmp_path / "video.mp4"
+    data = video.read_bytes()
+    assert data.index(b"moov") < data.index(b"mdat") and b"moof" not in data  # regular MP4, moov first
     decoded = decode_video(video)
-    assert decoded.shape == frames.shape
+    assert np.array_equal(decoded, streamed)  # the stream remuxed: the very frames viewers saw
     assert np.abs(decoded.astype(int) - frames).mean() < 8
     thumb = decode_video(out.thumbnail_path)  # ffmpeg reads the PNG back
     assert thumb.shape == (1, H, W, 3)
-    assert np.array_equal(thumb[0], frames[len(frames) // 2])  # PNG is lossless
-    # raw frames go, segments stay for replay; finalize again is a no-op
-    assert not list((tmp_path / "frames").glob("*.npy"))
+    assert np.array_equal(thumb[0], streamed[len(frames) // 2])  # PNG is lossless
+    # no raw frames unless asked for; segments stay for replay; finalize again is a no-op
+    assert not (tmp_path / "frames").exists()
     assert JobOutput.open(tmp_path).blocks_written == len(SIZES)
     assert out.finalize() == video
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
@@ -91,18 +93,19 @@ def test_reopen_resumes_the_stream(tmp_path, uninterrupted):
 
 def test_crash_between_frames_and_segment(tmp_path, uninterrupted):
     frames, blocks = make_blocks()
-    out = JobOutput(tmp_path, W, H, FPS, F)
+    out = JobOutput(tmp_path, W, H, FPS, F, keep_frames=True)
     for b in blocks[:3]:
         out.add_block(b)
     out.close()
     # What a crash can leave: block 3's frames without its segment, a half-written temp file.
     np.save(tmp_path / "frames" / "000003.npy", frames[:5])
     (tmp_path / "segments" / ".000003-000040-16.m4s.1234abcd.tmp").write_bytes(b"\x00\x00torn")
-    reopened = JobOutput.open(tmp_path)
+    reopened = JobOutput(tmp_path, W, H, FPS, F, keep_frames=True)
     assert reopened.blocks_written == 3
     for b in blocks[3:]:
         reopened.add_block(b)
     assert np.array_equal(reopened.frames(3), blocks[3].frames)
+    assert all(np.array_equal(reopened.frames(k), b.frames) for k, b in enumerate(blocks))
     decoded = decode_video(reopened.init_segment() + b"".join(reopened.segment(k) for k in range(6)))
     assert np.array_equal(decoded, decode_video(uninterrupted[1] + b"".join(uninterrupted[2])))
     assert decode_video(reopened.finalize()).shape == frames.shape
@@ -126,7 +129,7 @@ CHILD = textwrap.dedent("""
     from test_outputs import make_blocks, W, H, FPS, F
     from server.outputs import JobOutput
     _, blocks = make_blocks([8] + [16] * 40)
-    out = JobOutput.open(sys.argv[1]) if JobOutput.exists(sys.argv[1]) else JobOutput(sys.argv[1], W, H, FPS, F)
+    out = JobOutput(sys.argv[1], W, H, FPS, F, keep_frames=True)  # new or reopened
     for b in blocks[out.blocks_written:]:
         out.add_block(b)
         print(b.index, flush=True)
