@@ -285,6 +285,7 @@ async def realtime(ws: WebSocket):
     loop = asyncio.get_running_loop()
     session: Optional[_RealtimeSession] = None
     pump: Optional[asyncio.Task] = None
+    overflow: Optional[asyncio.Task] = None
     overflow_reason = None
     receive: Optional[asyncio.Task] = None
 
@@ -306,7 +307,7 @@ async def realtime(ws: WebSocket):
     try:
         receive = asyncio.create_task(ws.receive())
         while True:
-            waiting = {receive} | ({pump} if pump is not None else set())
+            waiting = {receive} | ({pump, overflow} if pump is not None else set())
             done, _ = await asyncio.wait(waiting, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
             if not done:  # idle
                 with contextlib.suppress(Exception):
@@ -314,9 +315,11 @@ async def realtime(ws: WebSocket):
                                                    "message": f"no message from the client for {idle:g} s"}))
                 await _close(ws, CLOSE_GOING_AWAY, f"idle for {idle:g} s")
                 return
-            if pump is not None and pump in done:
-                outcome = pump.exception() or pump.result()
+            if pump is not None and (pump in done or overflow in done):
+                # overflow: the buffer filled while the pump was stuck sending to a slow client
+                outcome = "overflow" if overflow in done else (pump.exception() or pump.result())
                 if outcome == "overflow":
+                    pump.cancel()
                     overflow_reason = f"client too slow: over {session.buffer._max_items} blocks unsent"
                     await _close(ws, CLOSE_TOO_SLOW, overflow_reason)
                     return
@@ -384,6 +387,7 @@ async def realtime(ws: WebSocket):
                 session = candidate
                 session.id = session.handle.id
                 pump = asyncio.create_task(pump_blocks(session))
+                overflow = asyncio.create_task(session.buffer.overflow_event.wait())
                 await ws.send_text(json.dumps({"type": "session.started", "session_id": session.id,
                                                "seed": request.seed, "prompt": request.prompt, "width": v.width,
                                                "height": v.height, "fps": v.fps,
@@ -417,7 +421,7 @@ async def realtime(ws: WebSocket):
         pass
     finally:
         gauge.dec()
-        for task in (receive, pump):
+        for task in (receive, pump, overflow):
             if task is not None:
                 task.cancel()
         if session is not None:

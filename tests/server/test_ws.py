@@ -403,3 +403,25 @@ def test_realtime_bad_messages_limits_and_idle(local):
         assert local.app.state.worker.active_count()["session"] == 0
     finally:
         local.settings.extra.pop("realtime_idle_seconds", None)
+
+
+def test_realtime_slow_viewer_is_closed_and_its_slot_freed(local):
+    local.settings.extra["realtime_buffer_blocks"] = 1
+    try:
+        url = ws_url(local.url, "/v1/realtime")
+        with connect(url, sock=slow_socket(url), max_size=None, max_queue=1, open_timeout=30) as ws:
+            ws.send(json.dumps({"type": "session.start", "prompt": PROMPT, "seed": 2, "num_inference_steps": 1}))
+            time.sleep(8)  # read nothing while the endless session produces ~100 kB blocks
+            close = None
+            try:
+                while True:
+                    ws.recv(timeout=30)
+            except ConnectionClosed as e:
+                close = e.rcvd
+        assert close is not None and close.code == 1013 and "too slow" in close.reason, close
+        deadline = time.monotonic() + 30
+        while local.app.state.worker.active_count()["session"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert local.app.state.worker.active_count()["session"] == 0
+    finally:
+        local.settings.extra.pop("realtime_buffer_blocks", None)
