@@ -25,7 +25,7 @@ import asyncio
 import collections
 import threading
 from pathlib import Path
-from typing import AsyncIterator, Callable, Deque, Optional
+from typing import Callable, Deque, Optional
 
 from server.outputs import JobOutput
 

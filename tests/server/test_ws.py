@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from engine.video import FragmentedMp4Encoder, decode_video
-from tests.server.conftest import API_KEY, PROMPT, ROOT, ServerProcess, free_port
+from tests.server.conftest import API_KEY, PROMPT, ROOT, ServerProcess
 
 FPS = 16
 
