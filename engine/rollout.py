@@ -21,6 +21,7 @@ import torch
 
 from engine.config import ModelConfig
 from engine.model.transformer import SanaVideoTransformer, TextContext
+from engine.model.vae import decode_streams
 from engine.sampler import ChunkSampler, combine_guidance, make_sigmas
 from engine.state import StateBatch, StreamState
 
@@ -140,7 +141,7 @@ class Engine:
         for i, (x, _, update) in enumerate(calls):
             key = (tuple(x.shape[1:]), update, rollouts[i].text.bias is None)
             groups.setdefault(key, []).append(i)
-        results: list[Block | None] = [None] * len(rollouts)
+        finished: dict[int, torch.Tensor | None] = {}
         for (_, update, _), members in groups.items():
             for r in (rollouts[i] for i in members):
                 if not r._started:
@@ -158,7 +159,17 @@ class Engine:
                                                      update_state=update)
                 outs = out.split([r.rows for r in group])
             for i, out in zip(members, outs):
-                results[i] = rollouts[i]._take_output(out, update)
+                finished[i] = rollouts[i]._take_output(out, update)
+        # Decode the finished chunks, batched like the forward: one VAE pass per shape.
+        decode_groups: dict[tuple, list[int]] = {}
+        for i, x0 in finished.items():
+            if x0 is not None:  # a fresh decoder (empty cache) cannot share a pass with a warm one
+                decode_groups.setdefault((tuple(x0.shape), bool(rollouts[i].decoder.cache)), []).append(i)
+        results: list[Block | None] = [None] * len(rollouts)
+        for members in decode_groups.values():
+            videos = decode_streams([rollouts[i].decoder for i in members], [finished[i] for i in members])
+            for i, video in zip(members, videos):
+                results[i] = rollouts[i]._finish_block(finished[i], video)
         return results
 
     def text_context(self, prompt: str, negative_prompt: str, guidance_scale: float) -> TextContext:
@@ -260,8 +271,8 @@ class Rollout:
 
         self._chunk = ChunkSampler(noise, self.sigmas, self.sampler, renoise)
 
-    def _take_output(self, out: torch.Tensor, update_state: bool) -> Block | None:
-        """Consume this rollout's rows of a model call; the finished Block if the chunk is done."""
+    def _take_output(self, out: torch.Tensor, update_state: bool) -> torch.Tensor | None:
+        """Consume this rollout's rows of a model call; the clean latents if the chunk is done."""
         if update_state:  # the state was updated inside the forward
             self.pending_clean = None
             return None
@@ -269,7 +280,11 @@ class Rollout:
         if not self._chunk.done:
             return None
         x0, self._chunk = self._chunk.x, None
-        frames = to_uint8(self.decoder.decode(x0))
+        return x0
+
+    def _finish_block(self, x0: torch.Tensor, video: torch.Tensor) -> Block:
+        """Hand over the decoded chunk as a Block; x0 waits to be folded into the state."""
+        frames = to_uint8(video)
         if self.next_index == 0 and self.trim:
             frames = frames[self.trim:]
         self.pending_clean = x0

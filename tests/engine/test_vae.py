@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from engine.model.vae import CausalVideoVAE, load_vae
+from engine.model.vae import CausalVideoVAE, decode_streams, load_vae
 
 LATENT_CHANNELS = 8
 
@@ -69,6 +69,22 @@ def test_stream_decode_equals_full_decode(vae, chunks):
     streamed = torch.cat(pieces, dim=2)
     assert streamed.shape == full.shape
     assert (streamed - full).abs().max().item() <= 1e-5
+
+
+@torch.inference_mode()
+def test_decode_streams_batches_videos_with_their_own_caches(vae):
+    """Three videos decoded chunk by chunk in one batched pass each equal their own full decode."""
+    videos = [random_latents(6, seed=s, batch=1) for s in (3, 4, 5)]
+    decoders = [vae.stream_decoder() for _ in videos]
+    pieces = [[] for _ in videos]
+    for start in (0, 2, 4):
+        outs = decode_streams(decoders, [v[:, :, start:start + 2] for v in videos])
+        for p, out in zip(pieces, outs):
+            p.append(out)
+    for v, p in zip(videos, pieces):
+        assert (torch.cat(p, dim=2) - vae.decode(v)).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match="same progress"):
+        decode_streams([decoders[0], vae.stream_decoder()], [videos[0][:, :, :1]] * 2)
 
 
 @torch.inference_mode()
