@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import random
@@ -34,6 +35,8 @@ from engine.model.transformer import SanaVideoTransformer
 from engine.model.vae import CausalVideoVAE
 from engine.sampler import shift_sigmas
 from engine.shapes import Scene, paraphrase, render, template_prompt, training_combinations
+
+log = logging.getLogger("sana_serve.train")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,9 +85,19 @@ class Checkpointer:
             return 0
         ck = torch.load(self.path, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
+        if "opt" in ck:
+            opt.load_state_dict(ck["opt"])
+        else:  # a weights-only snapshot (what gets committed mid-training): Adam starts afresh
+            log.warning("%s has no optimizer state: resuming with a fresh optimizer", self.path)
         torch.set_rng_state(ck["torch_rng"])
         return int(ck["step"])
+
+    def export_weights_only(self, dest: Path) -> None:
+        """A smaller resumable snapshot (no optimizer state), e.g. to carry a run across machines."""
+        ck = torch.load(self.path, map_location="cpu", weights_only=False)
+        ck.pop("opt", None)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(ck, dest)
 
     def save(self, model, opt, step: int, extra: dict | None = None) -> None:
         tmp = self.path.with_suffix(".tmp")
