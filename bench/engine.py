@@ -287,11 +287,11 @@ def main() -> None:
               "compiled": {"ttfb_s": ttfb_c, "total_s": ours_total_c, **mfu_compiled},
               "ratios": {name: value for name, value, _ in rows}}
     (RESULTS / "engine.json").write_text(json.dumps(result, indent=2))
-    plot(per_block, rss, ttfb_s, ours_total, diff_total, RESULTS / "engine.png")
+    plot(per_block, rss, ttfb_s, ours_total, diff_total, RESULTS / "engine.png", ours_total_c)
     print(f"wrote {RESULTS / 'engine.json'} and {RESULTS / 'engine.png'}")
 
 
-def plot(per_block, rss, seconds, ours_total, diff_total, path: Path) -> None:
+def plot(per_block, rss, seconds, ours_total, diff_total, path: Path, compiled_total: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -305,7 +305,10 @@ def plot(per_block, rss, seconds, ours_total, diff_total, path: Path) -> None:
         ax[1].plot(xs, [d[x] / 2**20 for x in xs], marker="o", label=side)
     ax[1].set(xlabel="video seconds", ylabel="peak RSS (MB)", title="peak memory", ylim=(0, None))
     ax[1].legend()
-    ax[2].bar(["ours", "diffusers"], [ours_total, diff_total])
+    names, totals = ["ours (eager)", "diffusers"], [ours_total, diff_total]
+    if compiled_total is not None:
+        names, totals = ["ours (eager)", "ours (compiled)", "diffusers"], [ours_total, compiled_total, diff_total]
+    ax[2].bar(names, totals)
     ax[2].set(ylabel="seconds", title=f"{seconds:g} s video, wall time")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
