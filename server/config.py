@@ -38,7 +38,7 @@ class ServerSettings:
     device: str | None = None  # None: cuda if available, else cpu
     checkpoint: str | None = None  # overrides the model config's checkpoint directory
     log_format: str = "json"  # json | text
-    keep_frames: bool = False  # keep raw frames after the MP4 is written (tests compare them exactly)
+    keep_frames: bool = False  # also store each block's raw frames (.npy); tests compare them exactly
     # Reachable without an API key: health probes and the playground page's static shell (code,
     # no data; the page's own API calls carry the key). Entries ending in "/" are prefixes.
     public_paths: tuple[str, ...] = ("/healthz", "/readyz", "/", "/static/", "/favicon.ico")
@@ -102,7 +102,7 @@ def add_serve_arguments(p) -> None:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--log-format", choices=["json", "text"], default=d.log_format)
-    p.add_argument("--keep-frames", action="store_true", help="keep each job's raw frames (.npy) after encoding")
+    p.add_argument("--keep-frames", action="store_true", help="also store each block's raw frames (.npy) beside its fMP4 segment")
 
 
 def settings_from_args(args, environ: dict | None = None) -> ServerSettings:

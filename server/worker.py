@@ -7,8 +7,8 @@ priority-then-FIFO order) up to `max_batch`, drops cancelled rollouts and applie
 updates: this is continuous batching at step granularity, and why a DELETE takes effect
 within one denoising step.
 
-For a job, every finished block is (1) written by `JobOutput` (raw frames + its fMP4
-segment), (2) published to the `BlockHub` for live viewers, (3) followed by a checkpoint of
+For a job, every finished block is (1) written by `JobOutput` (its fMP4 segment, and the raw
+frames with --keep-frames), (2) published to the `BlockHub` for live viewers, (3) followed by a checkpoint of
 the rollout (tmp file + os.replace) and (4) the progress in the store. After a crash the job
 restarts from its last checkpoint; blocks already on disk are regenerated (deterministically,
 identical) but not written twice. Realtime sessions are not persisted: `start_session`
