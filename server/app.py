@@ -427,7 +427,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     def load():
         from engine.load import load_engine
 
-        return load_engine(model_config, checkpoint=settings.checkpoint, device=settings.device)
+        return load_engine(model_config, checkpoint=settings.checkpoint, device=settings.device,
+                           precision=settings.precision, kernels=settings.kernels, compile=settings.compile)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -37,6 +37,9 @@ class ServerSettings:
     torch_threads: int | None = None  # None: all cores
     device: str | None = None  # None: cuda if available, else cpu
     checkpoint: str | None = None  # overrides the model config's checkpoint directory
+    precision: str = "fp32"  # fp32 | bf16 | nvfp4 (quantize on load; a quantized checkpoint stays packed)
+    kernels: str = "auto"  # auto (Triton on CUDA, PyTorch on CPU) | triton | torch
+    compile: bool = False  # torch.compile the chunk forward: faster once warm, ~1 min per new batch shape
     log_format: str = "json"  # json | text
     keep_frames: bool = False  # also store each block's raw frames (.npy); tests compare them exactly
     # Reachable without an API key: health probes and the playground page's static shell (code,
@@ -101,6 +104,11 @@ def add_serve_arguments(p) -> None:
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "nvfp4"], default=d.precision,
+                   help="weights: fp32, bf16, or nvfp4 (quantized on load)")
+    p.add_argument("--kernels", choices=["auto", "triton", "torch"], default=d.kernels,
+                   help="auto: Triton on CUDA, PyTorch on CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the chunk forward (warm-up per batch shape)")
     p.add_argument("--log-format", choices=["json", "text"], default=d.log_format)
     p.add_argument("--keep-frames", action="store_true", help="also store each block's raw frames (.npy) beside its fMP4 segment")
 
@@ -112,4 +120,5 @@ def settings_from_args(args, environ: dict | None = None) -> ServerSettings:
         api_keys=keys, cors_origins=tuple(args.cors_origin), max_queued=args.max_queued, max_batch=args.max_batch,
         max_sessions=args.max_sessions, job_ttl_seconds=args.job_ttl, cleanup_interval_seconds=args.cleanup_interval,
         max_body_bytes=args.max_body_bytes, torch_threads=args.threads, device=args.device,
-        log_format=args.log_format, keep_frames=args.keep_frames)
+        log_format=args.log_format, keep_frames=args.keep_frames, precision=args.precision, kernels=args.kernels,
+        compile=args.compile)
