@@ -194,7 +194,7 @@ class Rollout:
 
     def __init__(self, engine: "Engine", request: GenerationRequest):
         e, s = engine, engine.config.sampling
-        self.engine, self.request = e, request
+        self.engine, self.request = e, dataclasses.replace(request)  # own copy: set_prompt changes it
         if request.seconds is None:
             self.chunk_sizes, self.trim = None, 0
         else:

@@ -72,6 +72,21 @@ def test_stream_decode_equals_full_decode(vae, chunks):
 
 
 @torch.inference_mode()
+def test_per_frame_first_level_streams_exactly_and_is_causal():
+    """The built-in model's variant (first_level_temporal=False): same streaming guarantees."""
+    torch.manual_seed(1)
+    vae = CausalVideoVAE(first_level_temporal=False).eval()
+    latents = random_latents(5, seed=6)
+    full = vae.decode(latents)
+    stream = vae.stream_decoder()
+    streamed = torch.cat([stream.decode(latents[:, :, a:b]) for a, b in ((0, 2), (2, 3), (3, 5))], dim=2)
+    assert (streamed - full).abs().max().item() <= 1e-5
+    changed = latents.clone()
+    changed[:, :, 3:] += 1.0  # the future must not change the past
+    assert torch.equal(vae.decode(changed)[:, :, :12], full[:, :, :12])
+
+
+@torch.inference_mode()
 def test_decode_streams_batches_videos_with_their_own_caches(vae):
     """Three videos decoded chunk by chunk in one batched pass each equal their own full decode."""
     videos = [random_latents(6, seed=s, batch=1) for s in (3, 4, 5)]
