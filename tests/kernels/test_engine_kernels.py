@@ -3,10 +3,6 @@
 The equality checks are in `engine_interpreter_checks.py`, run in a child Python with
 TRITON_INTERPRET=1 set from its start (Triton fixes interpreter-or-compiler at its first import).
 """
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,20 +14,14 @@ from engine.model.attention import LinearSelfAttention  # noqa: E402
 from engine.model.transformer import SanaVideoTransformer  # noqa: E402
 from engine.quantize import QuantizationError, set_kernels  # noqa: E402
 from kernels._triton import is_interpreted  # noqa: E402
+from tests.kernels.interpreter import assert_checks_pass_under_interpreter  # noqa: E402
 from kernels.linear_attention import _state_kernel  # noqa: E402
 
 CHECKS = Path(__file__).with_name("engine_interpreter_checks.py")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_engine_triton_path_matches_torch_under_the_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CHECKS)]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
-    summary = output.strip().splitlines()[-1]
-    assert re.search(r"\d+ passed", summary) and "skipped" not in summary, output[-3000:]
+    assert_checks_pass_under_interpreter(CHECKS)
 
 
 def tiny():

@@ -5,10 +5,6 @@ TRITON_INTERPRET=1 set from its start: Triton fixes interpreter-or-compiler when
 imported, and in one pytest session other modules (kernels, the engine, ModelOpt) import it
 during collection, before any test module could set the variable.
 """
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,22 +13,16 @@ import torch
 pytest.importorskip("triton")  # in the dev extra
 
 from kernels._triton import is_interpreted  # noqa: E402
+from tests.kernels.interpreter import assert_checks_pass_under_interpreter  # noqa: E402
 from kernels.linear_attention import _state_kernel, chunk_linear_attention, chunk_linear_attention_reference  # noqa: E402
 from kernels.nvfp4 import quantize_nvfp4  # noqa: E402
 from kernels.nvfp4_gemm import nvfp4_linear  # noqa: E402
 
 CHECKS = Path(__file__).with_name("triton_interpreter_checks.py")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_triton_kernels_match_references_under_the_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CHECKS)]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
-    summary = output.strip().splitlines()[-1]
-    assert re.search(r"\d+ passed", summary) and "skipped" not in summary, output[-3000:]
+    assert_checks_pass_under_interpreter(CHECKS)
 
 
 @pytest.mark.skipif(is_interpreted(_state_kernel), reason="this session itself runs Triton's interpreter")
