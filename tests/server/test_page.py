@@ -41,7 +41,8 @@ def test_page_is_public_and_static_files_are_safe(server):
     assert httpx.get(server.url + "/v1/videos", timeout=30).status_code == 401  # data still needs the key
 
 
-def test_video_plays_while_blocks_arrive(server, client, browser):
+def open_playground(browser, server):
+    """A fresh browser context on the page, with the API key entered; page errors are collected."""
     context = browser.new_context(viewport={"width": 1200, "height": 800})
     page = context.new_page()
     errors = []
@@ -49,6 +50,11 @@ def test_video_plays_while_blocks_arrive(server, client, browser):
     page.goto(server.url + "/")
     page.fill("#api-key", API_KEY)
     page.dispatch_event("#api-key", "change")
+    return context, page, errors
+
+
+def test_video_plays_while_blocks_arrive(server, client, browser):
+    context, page, errors = open_playground(browser, server)
     page.fill("#prompt", PROMPT)
     page.fill("#seconds", "6")  # 3 blocks of 2 s
     page.fill("#seed", "21")
@@ -89,13 +95,7 @@ def test_video_plays_while_blocks_arrive(server, client, browser):
 
 
 def test_realtime_tab_streams_and_takes_a_prompt_update(server, browser):
-    context = browser.new_context(viewport={"width": 1200, "height": 800})
-    page = context.new_page()
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server.url + "/")
-    page.fill("#api-key", API_KEY)
-    page.dispatch_event("#api-key", "change")
+    context, page, errors = open_playground(browser, server)
     page.click("#tab-realtime")
     page.fill("#rt-seed", "5")
     page.fill("#rt-steps", "1")
