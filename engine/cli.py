@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--clips", type=int, default=4096, help="latents phase: clips to render and encode")
+    t.add_argument("--crop", type=int, default=None,
+                   help="vae phase: train on CROPxCROP windows around the object (a multiple of 8)")
     t.add_argument("--out", type=Path, help="export phase: checkpoint directory to write")
     e = sub.add_parser("eval", help="generate fixed prompt sets and judge them with the Shapes checker")
     e.add_argument("--config", default="shapes-tiny")
@@ -89,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="videos per set (default: 48 / 24 / 48 / 8)")
     e.add_argument("--seconds", type=_positive_seconds, help="override the video length of every set")
     e.add_argument("--json", type=Path, help="write per-video results and the summary here")
+    e.add_argument("--steps", type=int, help="denoising steps per block (default: the config's)")
+    e.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the config's)")
+    e.add_argument("--flow-shift", type=float, help="flow-matching timestep shift (default: the config's)")
     e.add_argument("--device")
     e.add_argument("--precision", choices=["fp32", "bf16", "nvfp4"], default="fp32",
                    help="nvfp4: quantize on load (compare pass rates with fp32)")
@@ -128,8 +133,17 @@ def cmd_eval(args) -> int:
         _check_writable(args.json, "--json")
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be >= 1")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError("--steps must be >= 1")
+    if args.guidance is not None and args.guidance < 1:
+        raise UsageError("--guidance must be >= 1 (1 = no guidance)")
+    if args.flow_shift is not None and args.flow_shift <= 0:
+        raise UsageError("--flow-shift must be > 0")
     engine = load_engine(args.config, checkpoint=args.checkpoint, device=args.device, precision=args.precision)
-    report = run_eval(engine, args.sets or list(SETS), args.limit, args.seconds)
+    if args.flow_shift is not None:
+        engine.config.sampling.flow_shift = args.flow_shift
+    report = run_eval(engine, args.sets or list(SETS), args.limit, args.seconds,
+                      steps=args.steps, guidance=args.guidance)
     print(format_table(report))
     if args.json is not None:
         write_json(report, args.json)
@@ -141,7 +155,7 @@ def cmd_train(args) -> int:
 
     opts = {k: v for k, v in (("steps", args.steps), ("batch", args.batch), ("lr", args.lr)) if v is not None}
     if args.phase == "vae":
-        train.train_vae(args.work, args.config, **{"steps": 1500, **opts})
+        train.train_vae(args.work, args.config, **{"steps": 1500, **opts, "crop": args.crop})
     elif args.phase == "latents":
         train.build_latent_bank(args.work, args.config, clips=args.clips)
     elif args.phase == "transformer":

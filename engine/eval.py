@@ -59,7 +59,8 @@ def build_cases(name: str, limit: int | None = None, seconds: float | None = Non
 
 
 def run_eval(engine, sets: list[str], limit: int | None = None, seconds: float | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, steps: int | None = None, guidance: float | None = None) -> dict:
+    """`steps` and `guidance` override the config's sampling defaults for every video."""
     from tqdm import tqdm
 
     from engine.rollout import GenerationRequest
@@ -69,7 +70,8 @@ def run_eval(engine, sets: list[str], limit: int | None = None, seconds: float |
     for case in tqdm(cases, desc="eval", unit="video", disable=not progress):
         start = time.perf_counter()
         frames = np.concatenate([b.frames for b in engine.stream(
-            GenerationRequest(case.prompt, seconds=case.seconds, seed=case.seed))])
+            GenerationRequest(case.prompt, seconds=case.seconds, seed=case.seed,
+                              num_inference_steps=steps, guidance_scale=guidance))])
         gen_s = time.perf_counter() - start
         r = check_video(frames, case.combo, fps=engine.config.video.fps)
         results.append({
@@ -91,7 +93,10 @@ def run_eval(engine, sets: list[str], limit: int | None = None, seconds: float |
                ("background", "color", "shape", "direction")},
             "realtime_factor": sum(r["seconds"] for r in rows) / max(1e-9, sum(r["generation_s"] for r in rows)),
         }
+    sampling = engine.config.sampling
     return {"config": engine.config.name,
+            "sampling": {"steps": steps or sampling.steps, "flow_shift": sampling.flow_shift,
+                         "guidance_scale": guidance or sampling.guidance_scale},
             "checkpoint": str(engine.config.checkpoint) if engine.config.checkpoint else None,
             "summary": summary, "results": results}
 

@@ -53,13 +53,6 @@ def to_tensor(video: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(video).permute(3, 0, 1, 2).float() / 127.5 - 1
 
 
-def random_prompt(rng: np.random.Generator, combo) -> str:
-    """Half template, half paraphrase, so both phrasings map to the same scene."""
-    if rng.random() < 0.5:
-        return template_prompt(*combo)
-    return paraphrase(*combo, rng=rng)
-
-
 class Checkpointer:
     """Resumable training state + a CSV loss log for one phase (means over each logging interval)."""
 
@@ -129,8 +122,45 @@ def _progress(total: int, initial: int, desc: str):
 # ---------------------------------------------------------------------------------------------
 # phase 1: VAE
 # ---------------------------------------------------------------------------------------------
+def object_crop_clip(rng: np.random.Generator, frames: int, size: int, combos) -> np.ndarray:
+    """A `size`x`size` window of a rendered clip, with the object starting inside it.
+
+    The VAE is a conv net, so it learns the same thing from a window around the object as
+    from the whole frame, at a fraction of the cost: a 64x64 frame is ~95% plain background.
+    The object's start is uniform over the window's pixels (every phase of the 8 px latent
+    grid), and it may leave the window, which looks like wrapping over the frame's edge."""
+    combo = combos[rng.integers(len(combos))]
+    margin = 4
+    scene = Scene(*combo, x=int(rng.integers(margin, size - margin)), y=int(rng.integers(margin, size - margin)))
+    return render(scene, frames)[:, :size, :size]
+
+
+def reconstruction_loss(recon: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+    """L1 + L2 on pixels and on their spatial gradients, 8x weight on and around the object.
+
+    The object covers ~5% of a frame but is all the checker (and a viewer) cares about. The
+    weight covers the object dilated by 3 px, not just its pixels: with only the object
+    weighted, painting a blob larger than the object is cheap, and the three shapes all
+    decode as the same rounded blob. The gradient term rewards crisp edges and corners."""
+    bg = video.flatten(3).median(dim=3).values[..., None, None]  # per frame and channel
+    obj = (video - bg).abs().amax(dim=1, keepdim=True) > 0.05
+    near = F.max_pool3d(obj.float(), (1, 7, 7), stride=1, padding=(0, 3, 3))
+    weight = 1 + 7 * near
+
+    def weighted(err, w):
+        return ((err.abs() + err.pow(2)) * w).mean() / w.mean()
+
+    err = recon - video
+    loss = weighted(err, weight)
+    for dim in (3, 4):
+        grad_err = err.diff(dim=dim)
+        w = torch.minimum(weight.narrow(dim, 1, weight.shape[dim] - 1), weight.narrow(dim, 0, weight.shape[dim] - 1))
+        loss = loss + weighted(grad_err, w)
+    return loss
+
+
 def train_vae(work: Path, config: str, steps: int, batch: int = 8, frames: int = 16, lr: float = 1e-3,
-              kl_weight: float = 1e-4, save_every: int = 100, seed: int = 0) -> CausalVideoVAE:
+              kl_weight: float = 1e-4, save_every: int = 100, seed: int = 0, crop: int | None = None) -> CausalVideoVAE:
     cfg = load_config(config)
     torch.manual_seed(seed)
     vae = CausalVideoVAE(**(cfg.random_init or {}).get("vae", {}))
@@ -141,19 +171,20 @@ def train_vae(work: Path, config: str, steps: int, batch: int = 8, frames: int =
     from engine.shapes import all_combinations
 
     combos = all_combinations()  # the VAE only reconstructs pixels: every combination is fair game
+    if crop is not None and (crop % vae.spatial_compression or not 16 <= crop <= 64):
+        raise ValueError(f"crop must be a multiple of {vae.spatial_compression} in [16, 64], got {crop}")
     bar = _progress(steps, step, "vae")
     vae.train()
     while step < steps:
-        video = torch.stack([to_tensor(random_clip(rng, frames, combos)[0]) for _ in range(batch)])
+        if crop:
+            clips = [object_crop_clip(rng, frames, crop, combos) for _ in range(batch)]
+        else:
+            clips = [random_clip(rng, frames, combos)[0] for _ in range(batch)]
+        video = torch.stack([to_tensor(c) for c in clips])
         mean, logvar = vae.encode_distribution(video)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
         recon = vae.decode(vae.normalize_latents(z))
-        # The object covers ~5% of the pixels but is all the checker (and a viewer) cares about:
-        # weight pixels that differ from the frame's background (its corner colour) 8x.
-        obj = (video - video[..., :1, :1]).abs().amax(dim=1, keepdim=True) > 0.05
-        weight = 1 + 7 * obj.float()
-        err = recon - video
-        rec = ((err.abs() + err.pow(2)) * weight).mean() / weight.mean()
+        rec = reconstruction_loss(recon, video)
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
         loss = rec + kl_weight * kl
         for g in opt.param_groups:
@@ -232,6 +263,39 @@ class FlowRecipe:
     context_noise: float = 0.05  # max noise on the clean context: robustness to imperfect own output
 
 
+class PromptBank:
+    """The frozen text encoder's output for a fixed pool of training prompts, computed once.
+
+    Running MiniLM on every batch would cost about as much as the transformer step itself;
+    the world's prompts are few. Per combination: the template and `paraphrases` rewordings
+    (the eval's paraphrase set draws its own, so it still tests unseen wordings)."""
+
+    def __init__(self, text_encoder, combos, paraphrases: int = 12, seed: int = 7):
+        from tqdm import tqdm
+
+        rng = np.random.default_rng(seed)
+        texts, self.rows = [""], {}
+        for combo in combos:
+            variants = {paraphrase(*combo, rng=rng) for _ in range(paraphrases)} - {template_prompt(*combo)}
+            self.rows[tuple(combo)] = (len(texts), list(range(len(texts) + 1, len(texts) + 1 + len(variants))))
+            texts += [template_prompt(*combo), *sorted(variants)]
+        states, masks = [], []
+        with torch.no_grad():
+            for start in tqdm(range(0, len(texts), 64), desc="encode prompts", unit="batch"):
+                s, m = text_encoder.encode(texts[start:start + 64])
+                states.append(s)
+                masks.append(m)
+        self.texts = texts
+        self.states, self.mask = torch.cat(states), torch.cat(masks)
+        self.empty = 0
+
+    def sample(self, rng: np.random.Generator, combo) -> int:
+        """Row of a prompt for `combo`: half the time the template, else a paraphrase, so both
+        phrasings map to the same scene."""
+        template, variants = self.rows[tuple(combo)]
+        return template if rng.random() < 0.5 else variants[rng.integers(len(variants))]
+
+
 def teacher_forced_loss(model: SanaVideoTransformer, latents: torch.Tensor, text, recipe: FlowRecipe,
                         gen: torch.Generator, first_chunk: int | None = None) -> torch.Tensor:
     """Flow-matching loss of every chunk of `latents` (B, C, F, H, W), each at its own noise level,
@@ -261,7 +325,9 @@ def teacher_forced_loss(model: SanaVideoTransformer, latents: torch.Tensor, text
 
 
 def train_transformer(work: Path, config: str, steps: int, batch: int = 16, lr: float = 5e-4,
-                      save_every: int = 50, seed: int = 0) -> SanaVideoTransformer:
+                      save_every: int = 50, seed: int = 0, ema_decay: float = 0.999) -> SanaVideoTransformer:
+    """Returns the EMA of the weights (what `export` ships): on a short run it samples cleaner
+    than the last step's weights, which still carry the optimiser's noise."""
     from engine.model.text_encoder import TextEncoder
 
     cfg = load_config(config)
@@ -272,9 +338,13 @@ def train_transformer(work: Path, config: str, steps: int, batch: int = 16, lr: 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
     ck = Checkpointer(work, "transformer")
     step = ck.load(model, opt)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if step:
+        ema = torch.load(ck.path, map_location="cpu", weights_only=False).get("ema", ema)
     bank = torch.load(work / "latents.pt", weights_only=False)
     latents, combos = bank["latents"], bank["combos"]
     text_encoder = TextEncoder(cfg.text_encoder, max_length=cfg.text_max_length)
+    prompts = PromptBank(text_encoder, sorted(set(map(tuple, combos))))
     rng = np.random.default_rng(seed + step)
     gen = torch.Generator().manual_seed(seed + step)
     bar = _progress(steps, step, "transformer")
@@ -288,9 +358,8 @@ def train_transformer(work: Path, config: str, steps: int, batch: int = 16, lr: 
         if rng.random() < 0.5:
             offset = int(rng.integers(1, recipe.chunk_frames))
             x, first = x[:, :, offset:], recipe.chunk_frames - offset
-        prompts = ["" if rng.random() < recipe.uncond_prob else random_prompt(rng, combos[i]) for i in idx]
-        states, mask = text_encoder.encode(prompts)
-        text = model.encode_text(states, mask)
+        rows = [prompts.empty if rng.random() < recipe.uncond_prob else prompts.sample(rng, combos[i]) for i in idx]
+        text = model.encode_text(prompts.states[rows], prompts.mask[rows])
         loss = teacher_forced_loss(model, x, text, recipe, gen, first)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, steps, lr)
@@ -298,6 +367,11 @@ def train_transformer(work: Path, config: str, steps: int, batch: int = 16, lr: 
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        with torch.no_grad():
+            # ramp the decay up early on, so the average does not hold on to the random init
+            decay = min(ema_decay, (1 + step) / (10 + step))
+            for k, v in model.state_dict().items():
+                ema[k].lerp_(v, 1 - decay) if v.is_floating_point() else ema[k].copy_(v)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -305,8 +379,9 @@ def train_transformer(work: Path, config: str, steps: int, batch: int = 16, lr: 
         if step % 5 == 0:
             ck.flush(step)
         if step % save_every == 0 or step == steps:
-            ck.save(model, opt, step)
+            ck.save(model, opt, step, extra={"ema": ema})
     bar.close()
+    model.load_state_dict(ema)
     return model.eval()
 
 
@@ -317,7 +392,8 @@ def export(work: Path, config: str, out: Path) -> None:
     cfg = load_config(config)
     vae = load_trained_vae(work, config)
     model = SanaVideoTransformer(**(cfg.random_init or {})["transformer"])
-    model.load_state_dict(torch.load(work / "transformer.pt", map_location="cpu", weights_only=False)["model"])
+    ck = torch.load(work / "transformer.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(ck.get("ema", ck["model"]))
     out.mkdir(parents=True, exist_ok=True)
     save_transformer(out, model)
     vae.save_pretrained(out / "vae")

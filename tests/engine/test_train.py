@@ -64,3 +64,38 @@ def test_teacher_forced_loss_decreases_and_trains_what_goes_into_the_state():
         opt.step()
         history.append(loss.item())
     assert sum(history[-4:]) < 0.8 * sum(history[:4]), history
+
+
+def test_all_phases_resume_and_export_a_checkpoint_the_engine_runs(tmp_path):
+    """vae -> latent bank -> transformer (stopped and resumed) -> export -> load_engine -> a video."""
+    from engine import GenerationRequest, load_engine
+
+    config = tiny_config(tmp_path)
+    work = tmp_path / "work"
+    train.train_vae(work, config, steps=4, batch=2, frames=8, crop=32, save_every=2)
+    train.build_latent_bank(work, config, clips=12)
+    bank = torch.load(work / "latents.pt", weights_only=False)
+    assert bank["latents"].shape == (12, 8, 4, 8, 8)  # 2 chunks of 2 latent frames, 64x64 / 8
+    stats = torch.load(work / "vae.pt", weights_only=False)["latent_stats"]
+    assert len(stats["mean"]) == len(stats["std"]) == 8
+
+    train.train_transformer(work, config, steps=30, batch=4, lr=2e-3, save_every=10)
+    train.train_transformer(work, config, steps=40, batch=4, lr=2e-3, save_every=10)  # resumes at 30
+    with open(work / "transformer_loss.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == list(range(5, 45, 5))
+    log = losses(work / "transformer_loss.csv")
+    assert min(log[-3:]) < log[0], log  # noisy at batch 4, but the trend is down
+    ck = torch.load(work / "transformer.pt", weights_only=False)
+    assert ck["step"] == 40 and set(ck["ema"]) == set(ck["model"])
+    assert any(not torch.equal(ck["ema"][k], ck["model"][k]) for k in ck["model"])
+
+    out = tmp_path / "model"
+    train.export(work, config, out)
+    assert (out / "model_index.json").is_file() and (out / "loss.png").stat().st_size > 0
+    engine = load_engine(config, checkpoint=out, device="cpu")
+    for k, v in engine.transformer.state_dict().items():  # the export ships the EMA weights
+        assert torch.equal(v, ck["ema"][k]), k
+    blocks = list(engine.stream(GenerationRequest("a red circle moving left on a black background", seconds=1)))
+    frames = sum(b.frame_count for b in blocks)
+    assert frames == 16 and blocks[0].frames.shape[1:] == (64, 64, 3)
