@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the repo's `engine` package, not bench/engine.py beside this script
+RESULTS = ROOT / "bench" / "results"
 
 # (steps, flow_shift, guidance): the baseline first, then one axis at a time.
 BASELINE = (4, 3.0, 1.0)

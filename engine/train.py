@@ -401,6 +401,36 @@ def export(work: Path, config: str, out: Path) -> None:
     write_model_index(out, {"transformer": ["sana_serve", "SanaVideoTransformer"],
                             "vae": ["sana_serve", "CausalVideoVAE"],
                             "text_encoder": ["sana_serve", cfg.text_encoder]})
+    sample_sheet(config, out, out / "samples.png")
+
+
+SAMPLE_PROMPTS = [
+    "a red circle moving right on a black background",
+    "a blue square moving down on a white background",
+    "a yellow triangle moving left on a gray background",
+    "an orange circle moving up on a white background",
+    "a scarlet box drifting leftward across a dark backdrop",
+    "a purple triangle moving right on a black background",
+]
+
+
+def sample_sheet(config: str, checkpoint: Path, path: Path, seconds: float = 4.0, every: int = 8) -> None:
+    """What the exported model makes, for its model card: one row per prompt (seed 0), a frame
+    every `every` frames, each row labelled with its prompt."""
+    from PIL import Image, ImageDraw
+
+    from engine.load import load_engine
+    from engine.rollout import GenerationRequest
+
+    engine = load_engine(config, checkpoint=checkpoint, device="cpu")
+    rows = []
+    for prompt in SAMPLE_PROMPTS:
+        frames = np.concatenate([b.frames for b in engine.stream(GenerationRequest(prompt, seconds=seconds))])
+        strip = np.concatenate(list(frames[::every]), axis=1)
+        label = Image.new("RGB", (strip.shape[1], 14), (255, 255, 255))
+        ImageDraw.Draw(label).text((2, 1), prompt, fill=(0, 0, 0))
+        rows += [np.asarray(label), strip]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
 def plot_losses(work: Path, path: Path) -> None:

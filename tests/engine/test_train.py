@@ -93,6 +93,7 @@ def test_all_phases_resume_and_export_a_checkpoint_the_engine_runs(tmp_path):
     out = tmp_path / "model"
     train.export(work, config, out)
     assert (out / "model_index.json").is_file() and (out / "loss.png").stat().st_size > 0
+    assert (out / "samples.png").stat().st_size > 0
     engine = load_engine(config, checkpoint=out, device="cpu")
     for k, v in engine.transformer.state_dict().items():  # the export ships the EMA weights
         assert torch.equal(v, ck["ema"][k]), k
