@@ -70,15 +70,16 @@ def test_video_plays_while_blocks_arrive(server, client, browser):
         samples.append((blocks, current, status))
         if status == "Completed." and current > 4.0:
             break
-        time.sleep(0.1)
+        time.sleep(0.02)
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "playground.png"))
     assert samples[-1][2] == "Completed.", samples[-10:]
     assert not errors, errors
     assert not page.evaluate("document.getElementById('status').classList.contains('error')")
     # Playback started before the last block arrived, and kept going as blocks came in.
-    playing_early = [s for s in samples if s[1] > 0.2 and s[0] < 3]
-    assert playing_early, samples
+    # The trained model makes a 2 s block in ~0.2 s, so that window is short: sampled every 20 ms.
+    playing_early = [s for s in samples if s[1] > 0 and s[0] < 3]
+    assert len(playing_early) >= 2 and playing_early[-1][1] > playing_early[0][1], samples
     assert samples[-1][1] > playing_early[0][1] + 2.0, samples[-10:]
     assert page.evaluate("document.getElementById('progress').value") == 100
     # The MediaSource got the codec from the init segment and buffered all 6 s.
