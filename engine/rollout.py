@@ -132,33 +132,37 @@ class Engine:
     def step(self, rollouts: list["Rollout"]) -> list[Block | None]:
         """Advance every rollout by one model call; returns, per rollout, the Block it finished (or None).
 
-        Rollouts whose calls have the same shape (chunk length, fold vs denoise) share one batched
-        forward, each row with its own timestep, prompt, state and frame position: the scheduler
-        can add and drop requests between any two calls (continuous batching).
+        Rollouts whose calls have the same chunk shape share one batched forward, each row with its
+        own timestep, prompt, state and frame position: the scheduler can add and drop requests
+        between any two calls (continuous batching). A rollout folding its last clean chunk into
+        its state (t=0) rides in the same forward as the others' denoising steps: requests that
+        joined at different calls are out of phase for good, and a separate small forward for
+        each fold would cost nearly as much as the batched one.
         """
         calls = [r._model_call() for r in rollouts]
         groups: dict[tuple, list[int]] = {}
-        for i, (x, _, update) in enumerate(calls):
-            key = (tuple(x.shape[1:]), update, rollouts[i].text.bias is None)
+        for i, (x, _, _) in enumerate(calls):
+            key = (tuple(x.shape[1:]), rollouts[i].text.bias is None)
             groups.setdefault(key, []).append(i)
         finished: dict[int, torch.Tensor | None] = {}
-        for (_, update, _), members in groups.items():
+        for members in groups.values():
             for r in (rollouts[i] for i in members):
                 if not r._started:
                     r._started = time.perf_counter()
+            updates = [calls[i][2] for i in members]
             if len(members) == 1:  # alone: no copies, and bit-identical to an unbatched run
                 r = rollouts[members[0]]
-                x, t, _ = calls[members[0]]
+                x, t, update = calls[members[0]]
                 outs = [self.transformer.forward_chunk(x, t, r.text, r.state, update_state=update)]
             else:
                 group = [rollouts[i] for i in members]
                 x = torch.cat([calls[i][0] for i in members])
                 t = torch.cat([calls[i][1] for i in members])
                 text = TextContext.cat([r.text for r in group])
-                out = self.transformer.forward_chunk(x, t, text, StateBatch([r.state for r in group]),
-                                                     update_state=update)
+                states = StateBatch([r.state for r in group], update=updates)
+                out = self.transformer.forward_chunk(x, t, text, states, update_state=any(updates))
                 outs = out.split([r.rows for r in group])
-            for i, out in zip(members, outs):
+            for i, out, update in zip(members, outs, updates):
                 finished[i] = rollouts[i]._take_output(out, update)
         # Decode the finished chunks, batched like the forward: one VAE pass per shape.
         decode_groups: dict[tuple, list[int]] = {}

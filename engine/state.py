@@ -103,12 +103,17 @@ class StateBatch:
     concatenated along the batch, `next_frame` gives each row its own absolute position, and
     `add_chunk` hands every member its own rows of the contributions, so windowed rings and
     positions stay per request. The concatenated tensors are copies, made once per call.
+    `update[i]` False leaves member i unchanged by `add_chunk` (its rows were a denoising step
+    batched with other members' folds).
     """
 
-    def __init__(self, members: list[StreamState]):
+    def __init__(self, members: list[StreamState], update: list[bool] | None = None):
         if not members:
             raise ValueError("a StateBatch needs at least one state")
+        if update is not None and len(update) != len(members):
+            raise ValueError(f"update has {len(update)} flags for {len(members)} states")
         self.members = members
+        self.update = [True] * len(members) if update is None else list(update)
         self.rows = [m.layers[0].vk.shape[0] for m in members]
         self.next_frame = [m.next_frame for m, r in zip(members, self.rows) for _ in range(r)]
         self.layers = []
@@ -127,6 +132,7 @@ class StateBatch:
     @torch.compiler.disable
     def add_chunk(self, contributions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], num_frames: int) -> None:
         start = 0
-        for member, rows in zip(self.members, self.rows):
-            member.add_chunk([tuple(t[start:start + rows] for t in c) for c in contributions], num_frames)
+        for member, rows, update in zip(self.members, self.rows, self.update):
+            if update:
+                member.add_chunk([tuple(t[start:start + rows] for t in c) for c in contributions], num_frames)
             start += rows

@@ -106,3 +106,34 @@ def test_endless_rollout_follows_a_prompt_update(engine):
     assert np.abs(steady[2].astype(int) - steered[2].astype(int)).mean() > 0.5
     with pytest.raises(ValueError, match="prompt"):
         Rollout(engine, GenerationRequest(RED, seconds=None)).set_prompt("  ")
+
+
+def test_a_fold_rides_in_the_same_forward_as_the_others_denoising(engine, monkeypatch):
+    """Two requests one call out of phase: one forward per step (not a separate one for each
+    fold of a clean chunk into the state), and each still gets its solo video."""
+    requests = [GenerationRequest(RED, seconds=4, seed=2), GenerationRequest(BLUE, seconds=4, seed=4)]
+    forwards = []
+    real = engine.transformer.forward_chunk
+
+    def counting(x, *args, **kwargs):
+        forwards.append(x.shape[0])
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(engine.transformer, "forward_chunk", counting)
+    rollouts = [Rollout(engine, requests[0])]
+    frames = [[], []]
+    steps = 0
+    while any(not r.done for r in rollouts) or len(rollouts) < 2:
+        if steps == 1:
+            rollouts.append(Rollout(engine, requests[1]))  # joins one call late: out of phase for good
+        active = [r for r in rollouts if not r.done]
+        for r, b in zip(active, engine.step(active)):
+            if b is not None:
+                frames[rollouts.index(r)].append(b.frames)
+        steps += 1
+    assert len(forwards) == steps  # one batched forward per step, folds included
+    monkeypatch.undo()
+    for req, got in zip(requests, frames):
+        got, want = np.concatenate(got), _alone(engine, req)
+        diff = np.abs(got.astype(int) - want.astype(int))
+        assert diff.max() <= 2 and diff.mean() < 0.05, (req.prompt, diff.max(), diff.mean())
