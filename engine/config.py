@@ -26,6 +26,9 @@ class ConfigError(ValueError):
 class SamplingConfig:
     chunk_frames: int = 4  # latent frames per streamed block
     steps: int = 4  # denoising steps per chunk
+    # steps for the first chunk (None = `steps`): it starts from an empty state, so position and
+    # shape come from the prompt alone; later chunks continue a scene the state already holds
+    first_chunk_steps: int | None = None
     sampler: str = "euler"
     flow_shift: float = 3.0
     guidance_scale: float = 1.0
@@ -128,4 +131,6 @@ def load_config(name_or_path: str | os.PathLike = DEFAULT_CONFIG) -> ModelConfig
         raise ConfigError(f"{path}: sampling.sampler must be one of {', '.join(SAMPLERS)}")
     if s.chunk_frames < 1 or s.steps < 1:
         raise ConfigError(f"{path}: sampling.chunk_frames and sampling.steps must be >= 1")
+    if s.first_chunk_steps is not None and s.first_chunk_steps < 1:
+        raise ConfigError(f"{path}: sampling.first_chunk_steps must be >= 1")
     return cfg

@@ -209,6 +209,9 @@ class Rollout:
         steps = request.num_inference_steps or s.steps
         use_fixed = s.timesteps is not None and request.num_inference_steps is None
         self.sigmas = make_sigmas(steps, s.flow_shift, s.timesteps if use_fixed else None)
+        # The config's first_chunk_steps applies unless the request chose its steps (then every chunk has them).
+        first = s.first_chunk_steps if request.num_inference_steps is None and not use_fixed else None
+        self.first_sigmas = make_sigmas(first, s.flow_shift) if first else self.sigmas
         self.rows = 2 if self.guidance != 1.0 else 1  # cond (+ uncond) rows in every model call
         self.text = e.text_context(request.prompt, request.negative_prompt, self.guidance)
         self._next_text: TextContext | None = None  # a new prompt, applied when the next block starts
@@ -273,7 +276,8 @@ class Rollout:
         def renoise(step):
             return torch.randn(shape, generator=noise_generator(seed, index, step + 1)).to(e.device)
 
-        self._chunk = ChunkSampler(noise, self.sigmas, self.sampler, renoise)
+        sigmas = self.first_sigmas if index == 0 else self.sigmas
+        self._chunk = ChunkSampler(noise, sigmas, self.sampler, renoise)
 
     def _take_output(self, out: torch.Tensor, update_state: bool) -> torch.Tensor | None:
         """Consume this rollout's rows of a model call; the clean latents if the chunk is done."""

@@ -88,3 +88,23 @@ def test_cancel_stops_within_a_step(engine):
 def test_bad_requests_are_rejected_with_the_field_named(engine, kw, match):
     with pytest.raises(ValueError, match=match):
         next(engine.stream(GenerationRequest(**kw)))
+
+
+def test_the_first_block_gets_the_configs_first_chunk_steps(engine):
+    """The first block starts from an empty state (the scene comes from the prompt alone), so the
+    config gives it more steps; a request that chooses its steps gets them for every block."""
+    s = engine.config.sampling
+    assert s.first_chunk_steps and s.first_chunk_steps > s.steps  # the built-in model's default
+
+    def calls_per_block(req):
+        rollout, counts, n = Rollout(engine, req), [], 0
+        while not rollout.done:
+            n += 1
+            if engine.step([rollout])[0] is not None:
+                counts.append(n)
+                n = 0
+        return counts
+
+    # 3 blocks; blocks after the first also pay the fold of the previous chunk (one call)
+    assert calls_per_block(GenerationRequest(PROMPT, seconds=6, seed=0)) == [s.first_chunk_steps, s.steps + 1, s.steps + 1]
+    assert calls_per_block(GenerationRequest(PROMPT, seconds=6, seed=0, num_inference_steps=3)) == [3, 4, 4]
