@@ -26,17 +26,19 @@ def test_the_model_card_lists_every_held_out_combination():
         assert " / ".join(combo) in card, combo
 
 
-def test_generated_videos_show_the_asked_background_and_colour(engine):
-    """What the shipped model does reliably today (eval: background 100 %, colour right in most
-    frames of 88 % of template videos); shape and motion are not there yet (models/shapes-tiny)."""
+def test_generated_videos_pass_the_shapes_checker(engine):
+    """The shipped model's videos show the asked scene (eval, 48 template prompts: 67 % pass every
+    check; background right in every frame, colour in 99 % of frames). Six fixed cases: most pass
+    every check of the checker, and every one has the asked background and colour."""
     from engine.eval import build_cases
 
-    colour_ok = 0
+    passed = []
     for case in build_cases("template", limit=6):
         frames = np.concatenate([b.frames for b in engine.stream(
             GenerationRequest(case.prompt, seconds=case.seconds, seed=case.seed))])
         assert frames.shape == (64, 64, 64, 3)
         verdict = check_video(frames, case.combo)
         assert verdict.background_fraction == 1.0, (case.prompt, verdict.reason)
-        colour_ok += verdict.color_fraction >= 0.5
-    assert colour_ok >= 4, colour_ok
+        assert verdict.color_fraction >= 0.8, (case.prompt, verdict.reason)
+        passed.append(verdict.passed)
+    assert sum(passed) >= 3, passed
