@@ -295,6 +295,11 @@ class PromptBank:
         template, variants = self.rows[tuple(combo)]
         return template if rng.random() < 0.5 else variants[rng.integers(len(variants))]
 
+    def batch(self, rng: np.random.Generator, combos, uncond_prob: float):
+        """(states, mask) for one prompt per combination, a fraction `uncond_prob` left empty."""
+        rows = [self.empty if rng.random() < uncond_prob else self.sample(rng, c) for c in combos]
+        return self.states[rows], self.mask[rows]
+
 
 def teacher_forced_loss(model: SanaVideoTransformer, latents: torch.Tensor, text, recipe: FlowRecipe,
                         gen: torch.Generator, first_chunk: int | None = None) -> torch.Tensor:
@@ -306,7 +311,7 @@ def teacher_forced_loss(model: SanaVideoTransformer, latents: torch.Tensor, text
     b, _, frames, _, _ = latents.shape
     n = recipe.chunk_frames
     first = first_chunk or n
-    chunks = [latents[:, :, :first]] + list(latents[:, :, first:].split(n, dim=2))
+    chunks = [latents[:, :, :first]] + (list(latents[:, :, first:].split(n, dim=2)) if frames > first else [])
     state = model.new_state(b, recipe.window_chunks)
     losses = []
     zero = torch.zeros(b)
@@ -325,9 +330,14 @@ def teacher_forced_loss(model: SanaVideoTransformer, latents: torch.Tensor, text
 
 
 def train_transformer(work: Path, config: str, steps: int, batch: int = 16, lr: float = 5e-4,
-                      save_every: int = 50, seed: int = 0, ema_decay: float = 0.999) -> SanaVideoTransformer:
+                      save_every: int = 50, seed: int = 0, ema_decay: float = 0.999,
+                      first_chunk_batch: int = 0) -> SanaVideoTransformer:
     """Returns the EMA of the weights (what `export` ships): on a short run it samples cleaner
-    than the last step's weights, which still carry the optimiser's noise."""
+    than the last step's weights, which still carry the optimiser's noise.
+
+    `first_chunk_batch` more clips per step train only their first chunk (from the empty state):
+    the first block is drawn from the prompt alone and is where the model fails most (model
+    card); a first chunk alone costs about a third of a whole clip's pass."""
     from engine.model.text_encoder import TextEncoder
 
     cfg = load_config(config)
@@ -358,9 +368,16 @@ def train_transformer(work: Path, config: str, steps: int, batch: int = 16, lr: 
         if rng.random() < 0.5:
             offset = int(rng.integers(1, recipe.chunk_frames))
             x, first = x[:, :, offset:], recipe.chunk_frames - offset
-        rows = [prompts.empty if rng.random() < recipe.uncond_prob else prompts.sample(rng, combos[i]) for i in idx]
-        text = model.encode_text(prompts.states[rows], prompts.mask[rows])
+        text = model.encode_text(*prompts.batch(rng, [combos[i] for i in idx], recipe.uncond_prob))
         loss = teacher_forced_loss(model, x, text, recipe, gen, first)
+        if first_chunk_batch:
+            # every (clip, chunk) pair weighs the same: the whole clips give two chunks each
+            idx = rng.integers(len(latents), size=first_chunk_batch)
+            length = int(rng.integers(1, recipe.chunk_frames + 1)) if rng.random() < 0.5 else recipe.chunk_frames
+            x = latents[torch.from_numpy(idx), :, :length].float()
+            text = model.encode_text(*prompts.batch(rng, [combos[i] for i in idx], recipe.uncond_prob))
+            alone = teacher_forced_loss(model, x, text, recipe, gen)
+            loss = (2 * batch * loss + first_chunk_batch * alone) / (2 * batch + first_chunk_batch)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, steps, lr)
         opt.zero_grad(set_to_none=True)
