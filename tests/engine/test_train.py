@@ -66,6 +66,23 @@ def test_teacher_forced_loss_decreases_and_trains_what_goes_into_the_state():
     assert sum(history[-4:]) < 0.8 * sum(history[:4]), history
 
 
+def test_a_lone_first_chunk_trains_from_the_empty_state():
+    """--first-chunk-batch passes clips of one (possibly short) chunk: no context pass, no empty
+    second chunk, and the loss is the flow loss of that chunk alone."""
+    torch.manual_seed(0)
+    model = SanaVideoTransformer(**TINY_TRANSFORMER)
+    recipe = train.FlowRecipe(chunk_frames=2, window_chunks=1, flow_shift=3.0)
+    ctx = model.encode_text(torch.randn(3, 5, 384))
+    for frames in (2, 1):
+        x = torch.randn(3, 8, frames, 8, 8)
+        loss = train.teacher_forced_loss(model, x, ctx, recipe, torch.Generator().manual_seed(1))
+        gen = torch.Generator().manual_seed(1)  # the same draws, by hand
+        sigma = train.shift_sigmas(torch.sigmoid(torch.randn(3, generator=gen)), 3.0).view(3, 1, 1, 1, 1)
+        eps = torch.randn(x.shape, generator=gen)
+        pred = model.forward_chunk((1 - sigma) * x + sigma * eps, 1000 * sigma.flatten(), ctx, model.new_state(3, 1))
+        assert torch.allclose(loss, torch.nn.functional.mse_loss(pred, eps - x), atol=1e-6), frames
+
+
 def test_all_phases_resume_and_export_a_checkpoint_the_engine_runs(tmp_path):
     """vae -> latent bank -> transformer (stopped and resumed) -> export -> load_engine -> a video."""
     from engine import GenerationRequest, load_engine
@@ -80,7 +97,8 @@ def test_all_phases_resume_and_export_a_checkpoint_the_engine_runs(tmp_path):
     assert len(stats["mean"]) == len(stats["std"]) == 8
 
     train.train_transformer(work, config, steps=30, batch=4, lr=2e-3, save_every=10)
-    train.train_transformer(work, config, steps=40, batch=4, lr=2e-3, save_every=10)  # resumes at 30
+    # resumes at 30, now also training first chunks alone (--first-chunk-batch)
+    train.train_transformer(work, config, steps=40, batch=4, lr=2e-3, save_every=10, first_chunk_batch=2)
     with open(work / "transformer_loss.csv") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f)]
     assert steps == list(range(5, 45, 5))
