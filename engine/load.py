@@ -35,13 +35,9 @@ def keep_freed_memory(mmap_threshold_mb: int = 32, trim_threshold_mb: int = 256)
     import ctypes
     import ctypes.util
 
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
-    except (OSError, AttributeError):
-        return False
-    if mallopt is None:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # no libc by that name, or not glibc
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
     return bool(mallopt(m_mmap_threshold, mmap_threshold_mb << 20)) and bool(mallopt(m_trim_threshold, trim_threshold_mb << 20))
