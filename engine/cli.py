@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="videos per set (default: 48 / 24 / 48 / 8)")
     e.add_argument("--seconds", type=_positive_seconds, help="override the video length of every set")
     e.add_argument("--json", type=Path, help="write per-video results and the summary here")
-    e.add_argument("--steps", type=int, help="denoising steps per block (default: the config's)")
+    e.add_argument("--steps", type=int, help="denoising steps of every block (default: the config's)")
+    e.add_argument("--first-chunk-steps", type=int,
+                   help="denoising steps of the first block only, the others keep the config's (default: the config's)")
     e.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the config's)")
     e.add_argument("--flow-shift", type=float, help="flow-matching timestep shift (default: the config's)")
     e.add_argument("--device")
@@ -137,6 +139,10 @@ def cmd_eval(args) -> int:
         raise UsageError("--limit must be >= 1")
     if args.steps is not None and args.steps < 1:
         raise UsageError("--steps must be >= 1")
+    if args.first_chunk_steps is not None and args.first_chunk_steps < 1:
+        raise UsageError("--first-chunk-steps must be >= 1")
+    if args.first_chunk_steps is not None and args.steps is not None:
+        raise UsageError("--first-chunk-steps and --steps exclude each other (--steps sets every block's steps)")
     if args.guidance is not None and args.guidance < 1:
         raise UsageError("--guidance must be >= 1 (1 = no guidance)")
     if args.flow_shift is not None and args.flow_shift <= 0:
@@ -144,6 +150,8 @@ def cmd_eval(args) -> int:
     engine = load_engine(args.config, checkpoint=args.checkpoint, device=args.device, precision=args.precision)
     if args.flow_shift is not None:
         engine.config.sampling.flow_shift = args.flow_shift
+    if args.first_chunk_steps is not None:
+        engine.config.sampling.first_chunk_steps = args.first_chunk_steps
     report = run_eval(engine, args.sets or list(SETS), args.limit, args.seconds,
                       steps=args.steps, guidance=args.guidance)
     print(format_table(report))

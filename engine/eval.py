@@ -95,7 +95,9 @@ def run_eval(engine, sets: list[str], limit: int | None = None, seconds: float |
         }
     sampling = engine.config.sampling
     return {"config": engine.config.name,
-            "sampling": {"steps": steps or sampling.steps, "flow_shift": sampling.flow_shift,
+            "sampling": {"steps": steps or sampling.steps,
+                         "first_chunk_steps": steps or sampling.first_chunk_steps or sampling.steps,
+                         "flow_shift": sampling.flow_shift,
                          "guidance_scale": guidance or sampling.guidance_scale},
             "checkpoint": str(engine.config.checkpoint) if engine.config.checkpoint else None,
             "summary": summary, "results": results}

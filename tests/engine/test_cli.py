@@ -59,3 +59,21 @@ def test_bad_arguments_give_one_clear_line(tmp_path, args, needles):
 def test_missing_command_and_unknown_flag():
     assert_clean_error(run())
     assert_clean_error(run("generate", "--prompt", "x", "--seconds", "1", "--out", "a.mp4", "--bogus"), "--bogus")
+
+
+def test_eval_first_block_steps_override_is_recorded(tmp_path):
+    report = tmp_path / "eval.json"
+    proc = run("eval", "--set", "template", "--limit", "1", "--seconds", "1", "--first-chunk-steps", "2",
+               "--json", str(report))
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(report.read_text())
+    assert r["sampling"]["first_chunk_steps"] == 2 and r["sampling"]["steps"] == 4
+    assert r["summary"]["template"]["videos"] == 1 and "template" in proc.stdout
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--first-chunk-steps", "0"], ["--first-chunk-steps", ">= 1"]),
+    (["--first-chunk-steps", "8", "--steps", "4"], ["--first-chunk-steps", "--steps"]),
+])
+def test_eval_bad_sampling_overrides_give_one_clear_line(args, needles):
+    assert_clean_error(run("eval", "--set", "template", "--limit", "1", *args, timeout=120), *needles)
