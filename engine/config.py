@@ -35,6 +35,16 @@ class SamplingConfig:
     timesteps: list[float] | None = None  # explicit per-chunk schedule (0..1000), overrides steps/shift
     window_chunks: int | None = None  # remember only the last N chunks (None = all)
 
+    def block_steps(self, requested: int | None = None) -> tuple[int, int]:
+        """(first block's, later blocks') denoising steps for a request that asked for `requested`
+        steps (None: the config's). A request's own steps, like an explicit `timesteps` schedule,
+        apply to every block; only the config's own default gives the first block more."""
+        if requested is not None:
+            return requested, requested
+        if self.timesteps is not None:
+            return len(self.timesteps), len(self.timesteps)
+        return self.first_chunk_steps or self.steps, self.steps
+
 
 @dataclass
 class VideoConfig:

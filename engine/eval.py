@@ -94,9 +94,9 @@ def run_eval(engine, sets: list[str], limit: int | None = None, seconds: float |
             "realtime_factor": sum(r["seconds"] for r in rows) / max(1e-9, sum(r["generation_s"] for r in rows)),
         }
     sampling = engine.config.sampling
+    first_steps, later_steps = sampling.block_steps(steps)
     return {"config": engine.config.name,
-            "sampling": {"steps": steps or sampling.steps,
-                         "first_chunk_steps": steps or sampling.first_chunk_steps or sampling.steps,
+            "sampling": {"steps": later_steps, "first_chunk_steps": first_steps,
                          "flow_shift": sampling.flow_shift,
                          "guidance_scale": guidance or sampling.guidance_scale},
             "checkpoint": str(engine.config.checkpoint) if engine.config.checkpoint else None,

@@ -206,12 +206,10 @@ class Rollout:
                                                      s.chunk_frames)
         self.guidance = s.guidance_scale if request.guidance_scale is None else request.guidance_scale
         self.sampler = request.sampler or s.sampler
-        steps = request.num_inference_steps or s.steps
+        first, steps = s.block_steps(request.num_inference_steps)
         use_fixed = s.timesteps is not None and request.num_inference_steps is None
         self.sigmas = make_sigmas(steps, s.flow_shift, s.timesteps if use_fixed else None)
-        # The config's first_chunk_steps applies unless the request chose its steps (then every chunk has them).
-        first = s.first_chunk_steps if request.num_inference_steps is None and not use_fixed else None
-        self.first_sigmas = make_sigmas(first, s.flow_shift) if first else self.sigmas
+        self.first_sigmas = make_sigmas(first, s.flow_shift) if first != steps else self.sigmas
         self.rows = 2 if self.guidance != 1.0 else 1  # cond (+ uncond) rows in every model call
         self.text = e.text_context(request.prompt, request.negative_prompt, self.guidance)
         self._next_text: TextContext | None = None  # a new prompt, applied when the next block starts
