@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--first-chunk-batch", type=int, default=0,
                    help="transformer phase: clips per step that train their first chunk alone (empty state)")
+    t.add_argument("--cooldown", type=int, default=0,
+                   help="transformer phase: the last N steps take the learning rate linearly to zero")
     t.add_argument("--clips", type=int, default=4096, help="latents phase: clips to render and encode")
     t.add_argument("--crop", type=int, default=None,
                    help="vae phase: train on CROPxCROP windows around the object (a multiple of 8)")
@@ -169,8 +171,11 @@ def cmd_train(args) -> int:
     elif args.phase == "latents":
         train.build_latent_bank(args.work, args.config, clips=args.clips)
     elif args.phase == "transformer":
+        total = opts.get("steps", 3000)
+        if not 0 <= args.cooldown <= total:
+            raise UsageError(f"--cooldown must be between 0 and --steps ({total}), got {args.cooldown}")
         train.train_transformer(args.work, args.config, **{"steps": 3000, **opts},
-                                first_chunk_batch=args.first_chunk_batch)
+                                first_chunk_batch=args.first_chunk_batch, cooldown=args.cooldown)
     else:
         if args.out is None:
             raise UsageError("train export needs --out DIR")

@@ -107,10 +107,17 @@ class Checkpointer:
             w.writerow([step, f"{time.time():.1f}", *(f"{v:.6f}" for v in values.values())])
 
 
-def cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
+def cosine_lr(step: int, total: int, base: float, warmup: int = 100, cooldown: int = 0) -> float:
+    """Warm-up, then cosine from `base` to a floor of base/10 at `total`. `cooldown` > 0 takes the
+    last `cooldown` steps linearly down to zero from wherever the cosine is (a warmup-stable-decay
+    style anneal: a resumed phase can end with one, which the floor alone never gives)."""
     if step < warmup:
-        return base * (step + 1) / warmup
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup)))))
+        lr = base * (step + 1) / warmup
+    else:
+        lr = base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup)))))
+    if cooldown and step >= total - cooldown:
+        lr *= (total - step) / cooldown
+    return lr
 
 
 def _progress(total: int, initial: int, desc: str):
@@ -331,13 +338,14 @@ def teacher_forced_loss(model: SanaVideoTransformer, latents: torch.Tensor, text
 
 def train_transformer(work: Path, config: str, steps: int, batch: int = 16, lr: float = 5e-4,
                       save_every: int = 50, seed: int = 0, ema_decay: float = 0.999,
-                      first_chunk_batch: int = 0) -> SanaVideoTransformer:
+                      first_chunk_batch: int = 0, cooldown: int = 0) -> SanaVideoTransformer:
     """Returns the EMA of the weights (what `export` ships): on a short run it samples cleaner
     than the last step's weights, which still carry the optimiser's noise.
 
     `first_chunk_batch` more clips per step train only their first chunk (from the empty state):
     the first block is drawn from the prompt alone and is where the model fails most (model
-    card); a first chunk alone costs about a third of a whole clip's pass."""
+    card); a first chunk alone costs about a third of a whole clip's pass. `cooldown`: the last
+    steps anneal the learning rate to zero (`cosine_lr`)."""
     from engine.model.text_encoder import TextEncoder
 
     cfg = load_config(config)
@@ -379,7 +387,7 @@ def train_transformer(work: Path, config: str, steps: int, batch: int = 16, lr: 
             alone = teacher_forced_loss(model, x, text, recipe, gen)
             loss = (2 * batch * loss + first_chunk_batch * alone) / (2 * batch + first_chunk_batch)
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, steps, lr)
+            g["lr"] = cosine_lr(step, steps, lr, cooldown=cooldown)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

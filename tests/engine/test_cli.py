@@ -77,3 +77,8 @@ def test_eval_first_block_steps_override_is_recorded(tmp_path):
 ])
 def test_eval_bad_sampling_overrides_give_one_clear_line(args, needles):
     assert_clean_error(run("eval", "--set", "template", "--limit", "1", *args, timeout=120), *needles)
+
+
+def test_train_bad_cooldown_gives_one_clear_line(tmp_path):
+    proc = run("train", "transformer", "--work", str(tmp_path), "--steps", "10", "--cooldown", "20", timeout=120)
+    assert_clean_error(proc, "--cooldown", "--steps")

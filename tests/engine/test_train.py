@@ -26,6 +26,15 @@ def losses(path):
         return [float(r["loss"]) for r in csv.DictReader(f)]
 
 
+def test_cooldown_takes_the_learning_rate_to_zero():
+    plain = [train.cosine_lr(s, 1000, 1e-3) for s in range(1000)]
+    cooled = [train.cosine_lr(s, 1000, 1e-3, cooldown=200) for s in range(1000)]
+    assert cooled[:800] == plain[:800]  # untouched before the cooldown
+    assert cooled[800] == plain[800] and cooled[900] == 0.5 * plain[900]
+    assert all(b < a for a, b in zip(cooled[800:], cooled[801:])) and cooled[-1] < 1e-6
+    assert plain[-1] > 9e-5  # the cosine alone stops at base / 10
+
+
 def test_vae_training_lowers_loss_and_resumes(tmp_path):
     config = tiny_config(tmp_path)
     work = tmp_path / "work"
@@ -99,13 +108,17 @@ def test_all_phases_resume_and_export_a_checkpoint_the_engine_runs(tmp_path):
     train.train_transformer(work, config, steps=30, batch=4, lr=2e-3, save_every=10)
     # resumes at 30, now also training first chunks alone (--first-chunk-batch)
     train.train_transformer(work, config, steps=40, batch=4, lr=2e-3, save_every=10, first_chunk_batch=2)
+    # and ends with a cooldown: the lr falls from the schedule's floor to zero over the last 10 steps
+    train.train_transformer(work, config, steps=50, batch=4, lr=2e-3, save_every=10, cooldown=10)
     with open(work / "transformer_loss.csv") as f:
-        steps = [int(r["step"]) for r in csv.DictReader(f)]
-    assert steps == list(range(5, 45, 5))
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == list(range(5, 55, 5))
+    lrs = [float(r["lr"]) for r in rows]  # interval means; still warming up (100 steps) without it
+    assert lrs[-1] < lrs[-2] < lrs[-3] and lrs[-1] < 0.5 * lrs[-3], lrs
     log = losses(work / "transformer_loss.csv")
     assert min(log[-3:]) < log[0], log  # noisy at batch 4, but the trend is down
     ck = torch.load(work / "transformer.pt", weights_only=False)
-    assert ck["step"] == 40 and set(ck["ema"]) == set(ck["model"])
+    assert ck["step"] == 50 and set(ck["ema"]) == set(ck["model"])
     assert any(not torch.equal(ck["ema"][k], ck["model"][k]) for k in ck["model"])
 
     out = tmp_path / "model"
