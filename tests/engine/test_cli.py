@@ -68,10 +68,22 @@ def test_eval_first_block_steps_override_is_recorded(tmp_path):
     assert proc.returncode == 0, proc.stderr
     r = json.loads(report.read_text())
     assert r["sampling"]["first_chunk_steps"] == 2 and r["sampling"]["steps"] == 4
+    assert r["seed_base"] == 1000 and r["results"][0]["seed"] == 1000
     assert r["summary"]["template"]["videos"] == 1 and "template" in proc.stdout
 
 
+def test_eval_seed_base_moves_every_seed(tmp_path):
+    report = tmp_path / "eval.json"
+    proc = run("eval", "--set", "template", "--set", "heldout", "--limit", "2", "--seconds", "0.5",
+               "--seed-base", "5000", "--json", str(report))
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(report.read_text())
+    assert r["seed_base"] == 5000
+    assert [x["seed"] for x in r["results"]] == [5000, 5001, 5000, 5001]
+
+
 @pytest.mark.parametrize("args,needles", [
+    (["--seed-base", "-3"], ["--seed-base", "non-negative"]),
     (["--first-chunk-steps", "0"], ["--first-chunk-steps", ">= 1"]),
     (["--first-chunk-steps", "8", "--steps", "4"], ["--first-chunk-steps", "--steps"]),
 ])
