@@ -1,0 +1,80 @@
+"""How well does a VAE reconstruct the Shapes world? The checker's verdict on reconstructions.
+
+Renders clips of every colour x shape x direction x background value (the eval's template
+combinations at random start positions, fixed seed), encodes and decodes them through each
+VAE, and judges the reconstructions with the same checker `sana-serve eval` uses; a VAE whose
+reconstructions fail caps what any transformer on top of it can pass. All VAEs compared side
+by side on the same clips: the shipped one and any training work directories given.
+
+    python bench/vae.py [--work /tmp/shapes-train ...] [--clips 48] [--seconds 4]
+
+Writes bench/results/vae.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the repo's `engine` package, not bench/engine.py beside this script
+RESULTS = ROOT / "bench" / "results"
+
+
+def judge(vae, clips) -> dict:
+    from engine.rollout import to_uint8
+    from engine.shapes import check_video
+    from engine.train import to_tensor
+
+    passed, shape, psnr = 0, [], []
+    start = time.perf_counter()
+    for video, combo in clips:
+        with torch.no_grad():
+            recon = vae.decode(vae.encode(to_tensor(video)[None]))
+        frames = to_uint8(recon)
+        err = (frames.astype(np.float64) - video.astype(np.float64)) ** 2
+        psnr.append(10 * np.log10(255.0 ** 2 / max(err.mean(), 1e-12)))
+        r = check_video(frames, combo, fps=16)
+        passed += r.passed
+        shape.append(r.shape_fraction)
+    return {"clips": len(clips), "passed": passed, "shape_accuracy": float(np.mean(shape)),
+            "psnr_db": float(np.mean(psnr)), "seconds": time.perf_counter() - start}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, action="append", default=[], help="a `sana-serve train` work directory")
+    ap.add_argument("--clips", type=int, default=48)
+    ap.add_argument("--seconds", type=float, default=4.0)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+
+    from engine.load import load_engine
+    from engine.shapes import Scene, render
+    from engine.eval import build_cases
+    from engine.train import load_trained_vae
+
+    rng = np.random.default_rng(0)
+    frames = int(args.seconds * 16)
+    clips = [(render(Scene(*c.combo, x=int(rng.integers(64)), y=int(rng.integers(64))), frames), c.combo)
+             for c in build_cases("template", args.clips)]
+    vaes = {"shipped": load_engine("shapes-tiny", device="cpu").vae}
+    vaes.update({str(w): load_trained_vae(w, "shapes-tiny") for w in args.work})
+    rows = {}
+    for name, vae in vaes.items():
+        rows[name] = judge(vae, clips)
+        r = rows[name]
+        print(f"{name}: {r['passed']}/{r['clips']} reconstructions pass, shape {r['shape_accuracy']:.1%} "
+              f"of frames, PSNR {r['psnr_db']:.1f} dB", flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "vae.json").write_text(json.dumps(rows, indent=2))
+    print(f"wrote {RESULTS / 'vae.json'}")
+
+
+if __name__ == "__main__":
+    main()
