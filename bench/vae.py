@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))  # the repo's `engine` package, not bench/engine.p
 RESULTS = ROOT / "bench" / "results"
 
 
-def judge(vae, clips) -> dict:
+def judge(vae, clips, fps: int) -> dict:
     from engine.rollout import to_uint8
     from engine.shapes import check_video
     from engine.train import to_tensor
@@ -39,7 +39,7 @@ def judge(vae, clips) -> dict:
         frames = to_uint8(recon)
         err = (frames.astype(np.float64) - video.astype(np.float64)) ** 2
         psnr.append(10 * np.log10(255.0 ** 2 / max(err.mean(), 1e-12)))
-        r = check_video(frames, combo, fps=16)
+        r = check_video(frames, combo, fps=fps)
         passed += r.passed
         shape.append(r.shape_fraction)
     return {"clips": len(clips), "passed": passed, "shape_accuracy": float(np.mean(shape)),
@@ -55,19 +55,20 @@ def main() -> None:
     torch.set_num_threads(2)
 
     from engine.load import load_engine
-    from engine.shapes import Scene, render
     from engine.eval import build_cases
+    from engine.shapes import random_scene, render
     from engine.train import load_trained_vae
 
+    shipped = load_engine("shapes-tiny", device="cpu")
+    fps = shipped.config.video.fps
     rng = np.random.default_rng(0)
-    frames = int(args.seconds * 16)
-    clips = [(render(Scene(*c.combo, x=int(rng.integers(64)), y=int(rng.integers(64))), frames), c.combo)
-             for c in build_cases("template", args.clips)]
-    vaes = {"shipped": load_engine("shapes-tiny", device="cpu").vae}
+    frames = int(args.seconds * fps)
+    clips = [(render(random_scene(rng, [c.combo]), frames), c.combo) for c in build_cases("template", args.clips)]
+    vaes = {"shipped": shipped.vae}
     vaes.update({str(w): load_trained_vae(w, "shapes-tiny") for w in args.work})
     rows = {}
     for name, vae in vaes.items():
-        rows[name] = judge(vae, clips)
+        rows[name] = judge(vae, clips, fps)
         r = rows[name]
         print(f"{name}: {r['passed']}/{r['clips']} reconstructions pass, shape {r['shape_accuracy']:.1%} "
               f"of frames, PSNR {r['psnr_db']:.1f} dB", flush=True)

@@ -175,10 +175,10 @@ def cmd_train(args) -> int:
     elif args.phase == "latents":
         train.build_latent_bank(args.work, args.config, clips=args.clips)
     elif args.phase == "transformer":
-        total = opts.get("steps", 3000)
-        if not 0 <= args.cooldown <= total:
-            raise UsageError(f"--cooldown must be between 0 and --steps ({total}), got {args.cooldown}")
-        train.train_transformer(args.work, args.config, **{"steps": 3000, **opts},
+        steps = opts.setdefault("steps", 3000)
+        if not 0 <= args.cooldown <= steps:
+            raise UsageError(f"--cooldown must be between 0 and --steps ({steps}), got {args.cooldown}")
+        train.train_transformer(args.work, args.config, **opts,
                                 first_chunk_batch=args.first_chunk_batch, cooldown=args.cooldown)
     else:
         if args.out is None:
