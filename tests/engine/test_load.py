@@ -7,7 +7,7 @@ import sys
 import pytest
 
 # Run in a fresh interpreter: inside the full suite the count depends on the heap the earlier
-# tests left behind (one run saw 12.8k faults there and ~2k alone).
+# tests left behind (one run saw 12.8k faults there; a fresh process sees ~0).
 _MEASURE = """
 import resource
 from engine import GenerationRequest, load_engine
@@ -33,6 +33,6 @@ def test_a_batched_block_reuses_freed_memory():
     out = subprocess.run([sys.executable, "-c", _MEASURE], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     faults = int(out.stdout.split()[-1])
-    # measured: ~21k minor faults with glibc's defaults (freed blocks unmapped or trimmed at
-    # once), ~2k with the engine's mallopt settings
+    # measured in a fresh process: ~18k minor faults with glibc's defaults (freed blocks
+    # unmapped or trimmed at once), ~0 with the engine's mallopt settings
     assert faults < 8000, f"{faults} minor page faults for one batched block of four requests"
