@@ -54,17 +54,18 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
 
-    from engine.load import load_engine
+    from engine.config import load_config
     from engine.eval import build_cases
+    from engine.model.vae import load_vae
     from engine.shapes import random_scene, render
     from engine.train import load_trained_vae
 
-    shipped = load_engine("shapes-tiny", device="cpu")
-    fps = shipped.config.video.fps
+    cfg = load_config("shapes-tiny")  # the VAE alone: no transformer or text encoder to load
+    fps = cfg.video.fps
     rng = np.random.default_rng(0)
     frames = int(args.seconds * fps)
     clips = [(render(random_scene(rng, [c.combo]), frames), c.combo) for c in build_cases("template", args.clips)]
-    vaes = {"shipped": shipped.vae}
+    vaes = {"shipped": load_vae(cfg.checkpoint / "vae")}
     vaes.update({str(w): load_trained_vae(w, "shapes-tiny") for w in args.work})
     rows = {}
     for name, vae in vaes.items():
