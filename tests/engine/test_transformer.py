@@ -191,3 +191,34 @@ def test_state_size_is_constant(window):
     assert sizes[2] == sizes[200] > 0
     assert state.next_frame == 200
     assert all(torch.isfinite(l.vk).all() for l in state.layers)
+
+
+def test_circular_padding_makes_the_mix_ffn_wrap_around():
+    """A world on a torus: with spatial_padding='circular' the Mix-FFN commutes with a roll of the
+    frame (an object crossing the edge is one object to it); with diffusers' zeros it does not.
+    The weights are interchangeable, and the option is saved in config.json only when it is set."""
+    from engine.model.transformer import GLUMBTempConv
+
+    torch.manual_seed(0)
+    zeros, circular = GLUMBTempConv(16, 2.0), GLUMBTempConv(16, 2.0, spatial_padding="circular")
+    circular.load_state_dict(zeros.state_dict())
+    x = torch.randn(2, 3 * 4 * 5, 16)  # (B, F*H*W, C): 3 frames of 4x5 tokens
+
+    def roll(t):  # shift every frame by 1 token down and 2 tokens right, wrapping around
+        return t.view(2, 3, 4, 5, 16).roll((1, 2), dims=(2, 3)).reshape(2, -1, 16)
+
+    with torch.no_grad():
+        for ffn, wraps in ((circular, True), (zeros, False)):
+            out, _ = ffn(x, 3, 4, 5, None)
+            rolled, _ = ffn(roll(x), 3, 4, 5, None)
+            assert torch.allclose(rolled, roll(out), atol=1e-5) == wraps
+            # away from the edges, zeros and circular agree: the padding is the only difference
+        inner = (slice(None), slice(None), slice(1, 3), slice(1, 4))
+        a, _ = zeros(x, 3, 4, 5, None)
+        b, _ = circular(x, 3, 4, 5, None)
+        assert torch.allclose(a.view(2, 3, 4, 5, 16)[inner], b.view(2, 3, 4, 5, 16)[inner], atol=1e-6)
+        assert not torch.allclose(a, b, atol=1e-3)
+    assert "spatial_padding" not in SanaVideoTransformer(**TINY).config
+    assert SanaVideoTransformer(**TINY, spatial_padding="circular").config["spatial_padding"] == "circular"
+    with pytest.raises(ValueError, match="spatial_padding"):
+        SanaVideoTransformer(**TINY, spatial_padding="reflect")
