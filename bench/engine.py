@@ -43,10 +43,13 @@ def load(config: str, compile: bool = False):
 
 
 def diffusers_twin(engine):
-    """diffusers' transformer holding exactly our weights."""
+    """diffusers' transformer holding exactly our weights. diffusers has only zero padding, so a
+    model built with our circular `spatial_padding` gets zeros there: its videos differ at the
+    frame edges, its cost (what this compares) does not."""
     from diffusers import SanaVideoTransformer3DModel
 
-    ref = SanaVideoTransformer3DModel(**engine.transformer.config).eval()
+    config = {k: v for k, v in engine.transformer.config.items() if k != "spatial_padding"}
+    ref = SanaVideoTransformer3DModel(**config).eval()
     ref.load_state_dict(engine.transformer.state_dict(), strict=True)
     return ref.requires_grad_(False)
 
