@@ -212,7 +212,7 @@ def test_circular_padding_makes_the_mix_ffn_wrap_around():
             out, _ = ffn(x, 3, 4, 5, None)
             rolled, _ = ffn(roll(x), 3, 4, 5, None)
             assert torch.allclose(rolled, roll(out), atol=1e-5) == wraps
-            # away from the edges, zeros and circular agree: the padding is the only difference
+        # away from the edges, zeros and circular agree: the padding is the only difference
         inner = (slice(None), slice(None), slice(1, 3), slice(1, 4))
         a, _ = zeros(x, 3, 4, 5, None)
         b, _ = circular(x, 3, 4, 5, None)
