@@ -31,7 +31,8 @@ def edge_accuracy(engine, cases) -> dict:
     from engine.rollout import GenerationRequest
     from engine.shapes.checker import check_video, read_frames
 
-    size, block = engine.config.video.width, 4 * engine.config.sampling.chunk_frames  # video frames per block
+    width, height = engine.config.video.width, engine.config.video.height
+    block = engine.vae.temporal_compression * engine.config.sampling.chunk_frames  # video frames per block
     rows, passed = [], 0  # (frame index, px from the edge, shape right)
     for case in cases:
         frames = np.concatenate([b.frames for b in engine.stream(
@@ -39,8 +40,8 @@ def edge_accuracy(engine, cases) -> dict:
         passed += bool(check_video(frames, case.combo, fps=engine.config.video.fps).passed)
         for i, r in enumerate(read_frames(frames)):
             if r.centroid is not None:
-                x, y = (c % size for c in r.centroid)
-                rows.append((i, min(x, size - x, y, size - y), r.shape == case.combo[1]))
+                x, y = r.centroid[0] % width, r.centroid[1] % height
+                rows.append((i, min(x, width - x, y, height - y), r.shape == case.combo[1]))
     a = np.array(rows, dtype=float)
     table = {}
     for name, in_block in (("first block", a[:, 0] < block), ("later blocks", a[:, 0] >= block)):
