@@ -83,7 +83,24 @@ class Checkpointer:
         else:  # a weights-only snapshot (what gets committed mid-training): Adam starts afresh
             log.warning("%s has no optimizer state: resuming with a fresh optimizer", self.path)
         torch.set_rng_state(ck["torch_rng"])
-        return int(ck["step"])
+        step = int(ck["step"])
+        self._drop_rows_after(step)
+        return step
+
+    def _drop_rows_after(self, step: int) -> None:
+        """A kill between two checkpoints leaves log rows for steps the resumed run trains
+        again; drop them, so the log (and the loss plot, and the timings read from it) has
+        each step once."""
+        if not self.log_path.is_file():
+            return
+        with self.log_path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= step]
+        if len(kept) < len(rows):
+            tmp = self.log_path.with_suffix(".tmp")
+            with tmp.open("w", newline="") as f:
+                csv.writer(f).writerows(kept)
+            os.replace(tmp, self.log_path)
 
     def export_weights_only(self, dest: Path) -> None:
         """A smaller resumable snapshot (no optimizer state), e.g. to carry a run across machines."""

@@ -49,6 +49,21 @@ def test_vae_training_lowers_loss_and_resumes(tmp_path):
     assert steps == [10, 20, 30, 40, 50]
 
 
+def test_a_resume_after_a_kill_between_checkpoints_logs_each_step_once(tmp_path):
+    """Killed after the log reached step 30 but the last checkpoint was at 20: the resumed run
+    trains 21-30 again and the log must not carry those steps twice."""
+    config = tiny_config(tmp_path)
+    work = tmp_path / "work"
+    train.train_vae(work, config, steps=20, batch=2, frames=8, save_every=20)
+    checkpointed = (work / "vae.pt").read_bytes()
+    train.train_vae(work, config, steps=30, batch=2, frames=8, save_every=20)
+    (work / "vae.pt").write_bytes(checkpointed)  # as if killed just before the step-30 save
+    train.train_vae(work, config, steps=40, batch=2, frames=8, save_every=20)
+    with open(work / "vae_loss.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == [10, 20, 30, 40]
+
+
 def test_teacher_forced_loss_decreases_and_trains_what_goes_into_the_state():
     torch.manual_seed(0)
     model = SanaVideoTransformer(**TINY_TRANSFORMER)
