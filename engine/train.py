@@ -75,6 +75,7 @@ class Checkpointer:
 
     def load(self, model, opt) -> int:
         if not self.path.is_file():
+            self._drop_rows_after(0)  # a run killed before its first save starts over
             return 0
         ck = torch.load(self.path, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
@@ -88,7 +89,7 @@ class Checkpointer:
         return step
 
     def _drop_rows_after(self, step: int) -> None:
-        """A kill between two checkpoints leaves log rows for steps the resumed run trains
+        """A kill after the last checkpoint leaves log rows for steps the resumed run trains
         again; drop them, so the log (and the loss plot, and the timings read from it) has
         each step once."""
         if not self.log_path.is_file():

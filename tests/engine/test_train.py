@@ -51,7 +51,8 @@ def test_vae_training_lowers_loss_and_resumes(tmp_path):
 
 def test_a_resume_after_a_kill_between_checkpoints_logs_each_step_once(tmp_path):
     """Killed after the log reached step 30 but the last checkpoint was at 20: the resumed run
-    trains 21-30 again and the log must not carry those steps twice."""
+    trains 21-30 again and the log must not carry those steps twice; killed before any save,
+    the run starts over and so does its log."""
     config = tiny_config(tmp_path)
     work = tmp_path / "work"
     train.train_vae(work, config, steps=20, batch=2, frames=8, save_every=20)
@@ -62,6 +63,11 @@ def test_a_resume_after_a_kill_between_checkpoints_logs_each_step_once(tmp_path)
     with open(work / "vae_loss.csv") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f)]
     assert steps == [10, 20, 30, 40]
+    (work / "vae.pt").unlink()  # as if killed before the first save: the run starts over
+    train.train_vae(work, config, steps=10, batch=2, frames=8, save_every=20)
+    with open(work / "vae_loss.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == [10]
 
 
 def test_teacher_forced_loss_decreases_and_trains_what_goes_into_the_state():
