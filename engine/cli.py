@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transformer phase: clips per step that train their first chunk alone (empty state)")
     t.add_argument("--cooldown", type=int, default=0,
                    help="transformer phase: the last N steps take the learning rate linearly to zero")
+    t.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw",
+                   help="transformer phase: muon orthogonalises the blocks' matrix updates (engine/optim.py)")
     t.add_argument("--clips", type=int, default=4096, help="latents phase: clips to render and encode")
     t.add_argument("--crop", type=int, default=None,
                    help="vae phase: train on CROPxCROP windows around the object (a multiple of 8)")
@@ -179,7 +181,8 @@ def cmd_train(args) -> int:
         if not 0 <= args.cooldown <= steps:
             raise UsageError(f"--cooldown must be between 0 and --steps ({steps}), got {args.cooldown}")
         train.train_transformer(args.work, args.config, **opts,
-                                first_chunk_batch=args.first_chunk_batch, cooldown=args.cooldown)
+                                first_chunk_batch=args.first_chunk_batch, cooldown=args.cooldown,
+                                optimizer=args.optimizer)
     else:
         if args.out is None:
             raise UsageError("train export needs --out DIR")

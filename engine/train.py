@@ -79,6 +79,10 @@ class Checkpointer:
             return 0
         ck = torch.load(self.path, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
+        saved = ck.get("opt_kind", "AdamW")  # checkpoints from before the choice were AdamW
+        if saved != type(opt).__name__:
+            raise SystemExit(f"{self.path} was trained with {saved}, not {type(opt).__name__}: "
+                             "resume with the optimizer it was started with")
         if "opt" in ck:
             opt.load_state_dict(ck["opt"])
         else:  # a weights-only snapshot (what gets committed mid-training): Adam starts afresh
@@ -112,7 +116,7 @@ class Checkpointer:
 
     def save(self, model, opt, step: int, extra: dict | None = None) -> None:
         tmp = self.path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "opt_kind": type(opt).__name__, "step": step,
                     "torch_rng": torch.get_rng_state(), **(extra or {})}, tmp)
         os.replace(tmp, self.path)  # atomic: a kill mid-save keeps the previous checkpoint
 
@@ -356,22 +360,24 @@ def teacher_forced_loss(model: SanaVideoTransformer, latents: torch.Tensor, text
 
 def train_transformer(work: Path, config: str, steps: int, batch: int = 16, lr: float = 5e-4,
                       save_every: int = 50, seed: int = 0, ema_decay: float = 0.999,
-                      first_chunk_batch: int = 0, cooldown: int = 0) -> SanaVideoTransformer:
+                      first_chunk_batch: int = 0, cooldown: int = 0, optimizer: str = "adamw") -> SanaVideoTransformer:
     """Returns the EMA of the weights (what `export` ships): on a short run it samples cleaner
     than the last step's weights, which still carry the optimiser's noise.
 
     `first_chunk_batch` more clips per step train only their first chunk (from the empty state):
     the first block is drawn from the prompt alone and is where the model fails most (model
     card); a first chunk alone costs about a third of a whole clip's pass. `cooldown`: the last
-    steps anneal the learning rate to zero (`cosine_lr`)."""
+    steps anneal the learning rate to zero (`cosine_lr`). `optimizer`: adamw, or muon on the
+    blocks' matrices (`engine.optim`)."""
     from engine.model.text_encoder import TextEncoder
+    from engine.optim import transformer_optimizer
 
     cfg = load_config(config)
     s = cfg.sampling
     recipe = FlowRecipe(s.chunk_frames, s.window_chunks, s.flow_shift)
     torch.manual_seed(seed)
     model = SanaVideoTransformer(**(cfg.random_init or {})["transformer"])
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+    opt = transformer_optimizer(model, optimizer, lr)
     ck = Checkpointer(work, "transformer")
     step = ck.load(model, opt)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
