@@ -1,9 +1,9 @@
 """Muon for the transformer blocks' weight matrices, AdamW for everything else, in one optimiser.
 
-Muon (Jordan et al. 2024, "Muon is Scalable for LLM Training", Liu et al. 2025) replaces each
-weight matrix's momentum update by its nearest semi-orthogonal matrix (a few Newton-Schulz
-iterations), so every direction of the matrix learns at the same rate instead of the few
-largest ones. The update is scaled to AdamW's RMS (0.2 * sqrt(max(out, in))), so the AdamW
+Muon (Keller Jordan et al. 2024; the RMS scaling from Liu et al. 2025, "Muon is Scalable for LLM
+Training") replaces each weight matrix's momentum update by its nearest semi-orthogonal
+matrix (a few Newton-Schulz iterations), so every direction of the matrix learns at the same
+rate instead of the few largest ones. The update is scaled to AdamW's RMS (0.2 * sqrt(max(out, in))), so the AdamW
 learning rate and weight decay carry over. `torch.optim.Muon` only takes 2-D parameters; the
 Mix-FFN's 1x1 and 3x1 convs are matrices too (out x in*kernel), so this one flattens them.
 """
@@ -17,13 +17,13 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
     """An approximation of U V^T for g = U S V^T (the quintic iteration of Keller Jordan's Muon)."""
     a, b, c = 3.4445, -4.7750, 2.0315
     x = g / (g.norm() + eps)
-    wide = x.shape[0] > x.shape[1]
-    if wide:
+    tall = x.shape[0] > x.shape[1]
+    if tall:  # iterate on the smaller Gram matrix
         x = x.T
     for _ in range(steps):
         s = x @ x.T
         x = a * x + (b * s + c * s @ s) @ x
-    return x.T if wide else x
+    return x.T if tall else x
 
 
 class MuonAdamW(torch.optim.Optimizer):
