@@ -3,9 +3,10 @@
 Muon (Keller Jordan et al. 2024; the RMS scaling from Liu et al. 2025, "Muon is Scalable for LLM
 Training") replaces each weight matrix's momentum update by its nearest semi-orthogonal
 matrix (a few Newton-Schulz iterations), so every direction of the matrix learns at the same
-rate instead of the few largest ones. The update is scaled to AdamW's RMS (0.2 * sqrt(max(out, in))), so the AdamW
-learning rate and weight decay carry over. `torch.optim.Muon` only takes 2-D parameters; the
-Mix-FFN's 1x1 and 3x1 convs are matrices too (out x in*kernel), so this one flattens them.
+rate instead of the few largest ones. The update is scaled to AdamW's RMS
+(0.2 * sqrt(max(out, in))), so the AdamW learning rate and weight decay carry over.
+`torch.optim.Muon` only takes 2-D parameters; the Mix-FFN's 1x1 and 3x1 convs are matrices too
+(out x in*kernel), so this one flattens them.
 """
 from __future__ import annotations
 
@@ -65,12 +66,15 @@ class MuonAdamW(torch.optim.Optimizer):
         return None
 
 
+ADAMW = dict(weight_decay=0.01, betas=(0.9, 0.99))  # the transformer's AdamW, in both choices
+
+
 def transformer_optimizer(model: nn.Module, kind: str, lr: float) -> torch.optim.Optimizer:
     """`adamw`: AdamW everywhere. `muon`: Muon on the blocks' weight matrices (attention
     projections, Mix-FFN convs except the depthwise one), AdamW on the embeddings, the output
     layer, norms, biases, modulation tables and the depthwise conv, as Muon's authors advise."""
     if kind == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+        return torch.optim.AdamW(model.parameters(), lr=lr, **ADAMW)
     if kind != "muon":
         raise ValueError(f"unknown optimizer {kind!r}: adamw or muon")
     matrices, rest = [], []
@@ -78,4 +82,4 @@ def transformer_optimizer(model: nn.Module, kind: str, lr: float) -> torch.optim
         is_matrix = p.ndim >= 2 and name.startswith("transformer_blocks.") and "conv_depth" not in name \
             and "scale_shift_table" not in name
         (matrices if is_matrix else rest).append(p)
-    return MuonAdamW([{"params": matrices, "muon": True}, {"params": rest}], lr=lr)
+    return MuonAdamW([{"params": matrices, "muon": True}, {"params": rest}], lr=lr, **ADAMW)
