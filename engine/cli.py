@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transformer phase: the last N steps take the learning rate linearly to zero")
     t.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw",
                    help="transformer phase: muon orthogonalises the blocks' matrix updates (engine/optim.py)")
+    t.add_argument("--own-context", type=float, default=0.0, metavar="SHARE",
+                   help="transformer phase: share of clips whose context chunk is the model's own one-step "
+                        "estimate of it, as a rollout's blocks are (0-1)")
     t.add_argument("--clips", type=int, default=4096, help="latents phase: clips to render and encode")
     t.add_argument("--crop", type=int, default=None,
                    help="vae phase: train on CROPxCROP windows around the object (a multiple of 8)")
@@ -180,9 +183,11 @@ def cmd_train(args) -> int:
         steps = opts.setdefault("steps", 3000)
         if not 0 <= args.cooldown <= steps:
             raise UsageError(f"--cooldown must be between 0 and --steps ({steps}), got {args.cooldown}")
+        if not 0 <= args.own_context <= 1:
+            raise UsageError(f"--own-context is a share of the clips, between 0 and 1, got {args.own_context}")
         train.train_transformer(args.work, args.config, **opts,
                                 first_chunk_batch=args.first_chunk_batch, cooldown=args.cooldown,
-                                optimizer=args.optimizer)
+                                optimizer=args.optimizer, own_context=args.own_context)
     else:
         if args.out is None:
             raise UsageError("train export needs --out DIR")

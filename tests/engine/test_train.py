@@ -113,6 +113,42 @@ def test_a_lone_first_chunk_trains_from_the_empty_state():
         assert torch.allclose(loss, torch.nn.functional.mse_loss(pred, eps - x), atol=1e-6), frames
 
 
+def test_own_context_feeds_the_state_the_models_one_step_estimate_of_the_chunk():
+    """--own-context: the context pass that builds the state gets x_s - s * v(x_s, s), the
+    model's own estimate of the clean chunk from a noised copy (a rollout's blocks are such
+    estimates), computed without gradient; with the share at 0 it gets the real chunk."""
+    torch.manual_seed(0)
+    model = SanaVideoTransformer(**TINY_TRANSFORMER)
+    latents = torch.randn(3, 8, 4, 8, 8)
+    ctx = model.encode_text(torch.randn(3, 5, 384))
+    calls = []
+    forward = model.forward_chunk
+
+    def recording(latents, timestep, text, state, update_state=False):
+        out = forward(latents, timestep, text, state, update_state=update_state)
+        calls.append((latents.detach().clone(), timestep.detach().clone(), out.detach().clone(),
+                      update_state, torch.is_grad_enabled()))
+        return out
+
+    model.forward_chunk = recording
+    for share in (0.0, 1.0):
+        calls.clear()
+        recipe = train.FlowRecipe(chunk_frames=2, window_chunks=1, flow_shift=3.0, context_noise=0.0,
+                                  own_context=share)
+        train.teacher_forced_loss(model, latents, ctx, recipe, torch.Generator().manual_seed(0))
+        (context, *_), = [c for c in calls if c[3]]
+        if share == 0:
+            assert len(calls) == 3 and torch.equal(context, latents[:, :, :2])
+            continue
+        assert len(calls) == 4
+        noisy, timestep, velocity, _, grad = calls[1]  # after the first chunk's loss pass
+        assert not grad
+        s = (timestep / 1000).view(3, 1, 1, 1, 1)
+        assert ((s >= 0.1) & (s <= 0.6)).all()
+        assert torch.allclose(context, noisy - s * velocity, atol=1e-6)
+        assert (context - latents[:, :, :2]).abs().mean() > 0.05  # a random model's estimate is off
+
+
 def test_all_phases_resume_and_export_a_checkpoint_the_engine_runs(tmp_path):
     """vae -> latent bank -> transformer (stopped and resumed) -> export -> load_engine -> a video."""
     from engine import GenerationRequest, load_engine
@@ -128,7 +164,9 @@ def test_all_phases_resume_and_export_a_checkpoint_the_engine_runs(tmp_path):
 
     train.train_transformer(work, config, steps=30, batch=4, lr=2e-3, save_every=10)
     # resumes at 30, now also training first chunks alone (--first-chunk-batch)
-    train.train_transformer(work, config, steps=40, batch=4, lr=2e-3, save_every=10, first_chunk_batch=2)
+    # and feeding the state the model's own estimate of half the context chunks (--own-context)
+    train.train_transformer(work, config, steps=40, batch=4, lr=2e-3, save_every=10, first_chunk_batch=2,
+                            own_context=0.5)
     # and ends with a cooldown: the lr falls from the schedule's floor to zero over the last 10 steps
     train.train_transformer(work, config, steps=50, batch=4, lr=2e-3, save_every=10, cooldown=10)
     with open(work / "transformer_loss.csv") as f:
