@@ -94,3 +94,8 @@ def test_eval_bad_sampling_overrides_give_one_clear_line(args, needles):
 def test_train_bad_cooldown_gives_one_clear_line(tmp_path):
     proc = run("train", "transformer", "--work", str(tmp_path), "--steps", "10", "--cooldown", "20", timeout=120)
     assert_clean_error(proc, "--cooldown", "--steps")
+
+
+def test_train_own_context_outside_zero_to_one_gives_one_clear_line(tmp_path):
+    proc = run("train", "transformer", "--work", str(tmp_path), "--own-context", "50", timeout=120)
+    assert_clean_error(proc, "--own-context", "between 0 and 1")
