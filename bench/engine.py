@@ -39,7 +39,11 @@ PROMPT = "a red circle moving right on a black background"
 def load(config: str, compile: bool = False):
     from engine import load_engine
 
-    return load_engine(config, device="cpu", compile=compile)
+    engine = load_engine(config, device="cpu", compile=compile)
+    # Equal steps on both sides: the diffusers twin takes `steps` for every frame, so ours must
+    # not give its first block the config's extra `first_chunk_steps` (a quality setting).
+    engine.config.sampling.first_chunk_steps = None
+    return engine
 
 
 def diffusers_twin(engine):
