@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--clips", type=int, default=4096, help="latents phase: clips to render and encode")
     t.add_argument("--crop", type=int, default=None,
                    help="vae phase: train on CROPxCROP windows around the object (a multiple of 8)")
+    t.add_argument("--latent-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="vae phase: noise on the decoder's input, SIGMA times each latent channel's spread")
     t.add_argument("--out", type=Path, help="export phase: checkpoint directory to write")
     e = sub.add_parser("eval", help="generate fixed prompt sets and judge them with the Shapes checker")
     e.add_argument("--config", default="shapes-tiny")
@@ -176,7 +178,11 @@ def cmd_train(args) -> int:
 
     opts = {k: v for k, v in (("steps", args.steps), ("batch", args.batch), ("lr", args.lr)) if v is not None}
     if args.phase == "vae":
-        train.train_vae(args.work, args.config, **{"steps": 1500, **opts, "crop": args.crop})
+        if not 0 <= args.latent_noise <= 1:
+            raise UsageError(f"--latent-noise is a share of each latent channel's spread, between 0 and 1, "
+                             f"got {args.latent_noise}")
+        train.train_vae(args.work, args.config, **{"steps": 1500, **opts, "crop": args.crop},
+                        latent_noise=args.latent_noise)
     elif args.phase == "latents":
         train.build_latent_bank(args.work, args.config, clips=args.clips)
     elif args.phase == "transformer":

@@ -96,6 +96,11 @@ def test_train_bad_cooldown_gives_one_clear_line(tmp_path):
     assert_clean_error(proc, "--cooldown", "--steps")
 
 
+def test_train_latent_noise_outside_zero_to_one_gives_one_clear_line(tmp_path):
+    proc = run("train", "vae", "--work", str(tmp_path), "--latent-noise", "-1", timeout=120)
+    assert_clean_error(proc, "--latent-noise", "between 0 and 1")
+
+
 def test_train_own_context_outside_zero_to_one_gives_one_clear_line(tmp_path):
     proc = run("train", "transformer", "--work", str(tmp_path), "--own-context", "50", timeout=120)
     assert_clean_error(proc, "--own-context", "between 0 and 1")

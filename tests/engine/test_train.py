@@ -49,6 +49,32 @@ def test_vae_training_lowers_loss_and_resumes(tmp_path):
     assert steps == [10, 20, 30, 40, 50]
 
 
+def test_latent_noise_scales_with_each_channels_spread_and_is_off_by_default():
+    torch.manual_seed(0)
+    mean = torch.randn(4, 3, 2, 8, 8) * torch.tensor([0.1, 1.0, 10.0]).view(1, 3, 1, 1, 1)
+    logvar = torch.full_like(mean, -40.0)  # a (nearly) exact posterior: what is left is the added noise
+    torch.manual_seed(1)
+    plain = train.noisy_latents(mean, logvar)
+    torch.manual_seed(1)
+    assert torch.equal(train.noisy_latents(mean, logvar, 0.0), plain)  # off: the same draws as before
+    torch.manual_seed(1)
+    added = train.noisy_latents(mean, logvar, 0.2) - mean
+    spread = mean.std(dim=(0, 2, 3, 4))
+    ratio = added.std(dim=(0, 2, 3, 4)) / spread
+    assert torch.allclose(ratio, torch.full((3,), 0.2), rtol=0.1), ratio  # 0.2 of every channel, 100x apart
+    # scaling the code up scales the noise with it: the encoder cannot outgrow it
+    torch.manual_seed(1)
+    assert torch.allclose(train.noisy_latents(10 * mean, logvar, 0.2) - 10 * mean, 10 * added, rtol=1e-4, atol=1e-5)
+
+
+def test_vae_training_with_latent_noise_lowers_loss(tmp_path):
+    config = tiny_config(tmp_path)
+    work = tmp_path / "work"
+    train.train_vae(work, config, steps=40, batch=2, frames=8, lr=3e-3, save_every=20, latent_noise=0.2)
+    log = losses(work / "vae_loss.csv")
+    assert log[-1] < 0.85 * log[0], log
+
+
 def test_a_resume_after_a_kill_between_checkpoints_logs_each_step_once(tmp_path):
     """Killed after the log reached step 30 but the last checkpoint was at 20: the resumed run
     trains 21-30 again and the log must not carry those steps twice; killed before any save,
