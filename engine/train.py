@@ -193,11 +193,11 @@ def noisy_latents(mean: torch.Tensor, logvar: torch.Tensor, latent_noise: float 
 
     The decoder will be fed the transformer's samples, which land near the encoded latents, not
     on them. Trained only on the posterior (std ~1 % of a channel's spread once KL is this weak),
-    the code packed orange and red 2.2x closer, in the normalised units the transformer works in,
+    the code packed orange and red 2x closer, in the normalised units the transformer works in,
     than the shipped VAE's (model card), and a small miss decoded orange as red. Noise scaled to
     the spread cannot be beaten by scaling the code up: to stay decodable, what the decoder must
-    tell apart (colours, shapes) has to take a larger share of the spread, and the decoder learns
-    to read a near miss as the nearest thing it knows."""
+    tell apart (colours, shapes) has to take a larger share of the spread. It costs detail: at 0.5
+    the colours sit twice as far apart and the shapes come back worse (model card)."""
     z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
     if latent_noise:
         spread = mean.detach().std(dim=(0, 2, 3, 4), keepdim=True)
