@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vae phase: train on CROPxCROP windows around the object (a multiple of 8)")
     t.add_argument("--latent-noise", type=float, default=0.0, metavar="SIGMA",
                    help="vae phase: noise on the decoder's input, SIGMA times each latent channel's spread")
+    t.add_argument("--freeze-encoder", action="store_true",
+                   help="vae phase: train the decoder only, keeping the code (resume a trained vae.pt "
+                        "with a larger --steps)")
     t.add_argument("--out", type=Path, help="export phase: checkpoint directory to write")
     e = sub.add_parser("eval", help="generate fixed prompt sets and judge them with the Shapes checker")
     e.add_argument("--config", default="shapes-tiny")
@@ -182,7 +185,7 @@ def cmd_train(args) -> int:
             raise UsageError(f"--latent-noise is a share of each latent channel's spread, between 0 and 1, "
                              f"got {args.latent_noise}")
         train.train_vae(args.work, args.config, **{"steps": 1500, **opts, "crop": args.crop},
-                        latent_noise=args.latent_noise)
+                        latent_noise=args.latent_noise, freeze_encoder=args.freeze_encoder)
     elif args.phase == "latents":
         train.build_latent_bank(args.work, args.config, clips=args.clips)
     elif args.phase == "transformer":

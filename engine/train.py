@@ -73,7 +73,9 @@ class Checkpointer:
             self.log(step, **{k: v / self._count for k, v in self._sums.items()})
         self._sums, self._count = {}, 0
 
-    def load(self, model, opt) -> int:
+    def load(self, model, opt, load_opt: bool = True) -> int:
+        """Resume: the step to continue from (0 without a checkpoint). `load_opt=False` starts
+        the optimizer afresh, for a run that trains other parameters than the saved one did."""
         if not self.path.is_file():
             self._drop_rows_after(0)  # a run killed before its first save starts over
             return 0
@@ -83,7 +85,7 @@ class Checkpointer:
         if saved != type(opt).__name__:
             raise SystemExit(f"{self.path} was trained with {saved}, not {type(opt).__name__}: "
                              "resume with the optimizer it was started with")
-        if "opt" in ck:
+        if "opt" in ck and load_opt:
             opt.load_state_dict(ck["opt"])
         else:  # a weights-only snapshot (what gets committed mid-training): Adam starts afresh
             log.warning("%s has no optimizer state: resuming with a fresh optimizer", self.path)
@@ -207,14 +209,35 @@ def noisy_latents(mean: torch.Tensor, logvar: torch.Tensor, latent_noise: float 
 
 def train_vae(work: Path, config: str, steps: int, batch: int = 8, frames: int = 16, lr: float = 1e-3,
               kl_weight: float = 1e-4, save_every: int = 100, seed: int = 0, crop: int | None = None,
-              latent_noise: float = 0.0) -> CausalVideoVAE:
-    """`latent_noise`: see `noisy_latents` (0 keeps the shipped recipe's draws exactly)."""
+              latent_noise: float = 0.0, freeze_encoder: bool = False) -> CausalVideoVAE:
+    """`latent_noise`: see `noisy_latents` (0 keeps the shipped recipe's draws exactly).
+
+    `freeze_encoder` trains the decoder only: a fine-tune that keeps the code (and so a latent
+    bank or transformer built on it) and sharpens what the decoder makes of it, e.g. after a
+    `latent_noise` run that spread the colours apart at the cost of detail."""
     cfg = load_config(config)
     torch.manual_seed(seed)
     vae = CausalVideoVAE(**(cfg.random_init or {}).get("vae", {}))
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    trained = list((vae.decoder if freeze_encoder else vae).parameters())
+    vae.encoder.requires_grad_(not freeze_encoder)
+    opt = torch.optim.AdamW(trained, lr=lr, weight_decay=0.0)
     ck = Checkpointer(work, "vae")
-    step = ck.load(vae, opt)
+    scope = "decoder" if freeze_encoder else "all"
+    saved = torch.load(ck.path, map_location="cpu", weights_only=False) if ck.path.is_file() else {}
+    if freeze_encoder and not saved:
+        raise ValueError(f"--freeze-encoder fine-tunes a trained VAE's decoder, and {ck.path} does not exist: "
+                         "train the VAE first")
+    saved_scope = saved.get("trains", "all")
+    if saved_scope == "decoder" and not freeze_encoder:
+        # Training the encoder now would silently invalidate the latent bank built on its code.
+        raise ValueError(f"{ck.path} is a decoder-only fine-tune: resume it with --freeze-encoder")
+    if saved and saved_scope != scope:
+        log.info("%s: the decoder-only fine-tune starts with a fresh optimizer", ck.path)
+    step = ck.load(vae, opt, load_opt=saved_scope == scope)
+    kept = {"trains": scope}
+    if freeze_encoder and "latent_stats" in saved:  # the code is unchanged: the bank's statistics hold
+        kept["latent_stats"] = saved["latent_stats"]
+    del saved
     rng = np.random.default_rng(seed + step)  # resumed runs continue with fresh, reproducible data
     from engine.shapes import all_combinations
 
@@ -229,7 +252,8 @@ def train_vae(work: Path, config: str, steps: int, batch: int = 8, frames: int =
         else:
             clips = [random_clip(rng, frames, combos)[0] for _ in range(batch)]
         video = torch.stack([to_tensor(c) for c in clips])
-        mean, logvar = vae.encode_distribution(video)
+        with torch.set_grad_enabled(not freeze_encoder):
+            mean, logvar = vae.encode_distribution(video)
         z = noisy_latents(mean, logvar, latent_noise)
         recon = vae.decode(vae.normalize_latents(z))
         rec = reconstruction_loss(recon, video)
@@ -239,7 +263,7 @@ def train_vae(work: Path, config: str, steps: int, batch: int = 8, frames: int =
             g["lr"] = cosine_lr(step, steps, lr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         step += 1
         bar.update(1)
@@ -248,7 +272,7 @@ def train_vae(work: Path, config: str, steps: int, batch: int = 8, frames: int =
         if step % 10 == 0:
             ck.flush(step)
         if step % save_every == 0 or step == steps:
-            ck.save(vae, opt, step)
+            ck.save(vae, opt, step, extra=kept)
     bar.close()
     vae.eval()
     return vae

@@ -104,3 +104,8 @@ def test_train_latent_noise_outside_zero_to_one_gives_one_clear_line(tmp_path):
 def test_train_own_context_outside_zero_to_one_gives_one_clear_line(tmp_path):
     proc = run("train", "transformer", "--work", str(tmp_path), "--own-context", "50", timeout=120)
     assert_clean_error(proc, "--own-context", "between 0 and 1")
+
+
+def test_freeze_encoder_without_a_trained_vae_gives_one_clear_line(tmp_path):
+    proc = run("train", "vae", "--work", str(tmp_path), "--freeze-encoder", timeout=120)
+    assert_clean_error(proc, "--freeze-encoder", "train the VAE first")

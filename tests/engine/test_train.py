@@ -1,6 +1,9 @@
 """Training: short runs really lower the loss, resume continues, gradients reach the state."""
 import csv
 
+import numpy as np
+import pytest
+
 import torch
 import yaml
 
@@ -73,6 +76,31 @@ def test_vae_training_with_latent_noise_lowers_loss(tmp_path):
     train.train_vae(work, config, steps=40, batch=2, frames=8, lr=3e-3, save_every=20, latent_noise=0.2)
     log = losses(work / "vae_loss.csv")
     assert log[-1] < 0.85 * log[0], log
+
+
+def test_a_decoder_only_fine_tune_keeps_the_code_and_sharpens_the_decoder(tmp_path):
+    """--freeze-encoder resumes a trained VAE: the encoder (so the latent bank and its stats)
+    stays bit-identical, the decoder's reconstructions improve, and resuming the fine-tune as a
+    full run stops with a clear message (training the encoder would invalidate the latent bank)."""
+    config = tiny_config(tmp_path)
+    work = tmp_path / "work"
+    train.train_vae(work, config, steps=20, batch=2, frames=8, lr=3e-3, save_every=20, latent_noise=0.5)
+    before = torch.load(work / "vae.pt", weights_only=False)
+    before["latent_stats"] = {"mean": [0.5] * 8, "std": [2.0] * 8}  # as `train latents` leaves it
+    torch.save(before, work / "vae.pt")
+    train.train_vae(work, config, steps=60, batch=2, frames=8, lr=3e-3, save_every=20, freeze_encoder=True)
+    after = torch.load(work / "vae.pt", weights_only=False)
+    encoder = [k for k in before["model"] if k.startswith("encoder.")]
+    decoder = [k for k in before["model"] if k.startswith("decoder.")]
+    assert encoder and decoder
+    assert all(torch.equal(before["model"][k], after["model"][k]) for k in encoder)
+    assert any(not torch.equal(before["model"][k], after["model"][k]) for k in decoder)
+    assert after["latent_stats"] == before["latent_stats"]
+    log = losses(work / "vae_loss.csv")
+    assert len(log) == 6
+    assert np.mean(log[-2:]) < np.mean(log[:2]), log  # noise-free decoding of a fixed code: lower
+    with pytest.raises(ValueError, match="decoder-only fine-tune: resume it with --freeze-encoder"):
+        train.train_vae(work, config, steps=80, batch=2, frames=8, save_every=20)
 
 
 def test_a_resume_after_a_kill_between_checkpoints_logs_each_step_once(tmp_path):
