@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vae phase: train on CROPxCROP windows around the object (a multiple of 8)")
     t.add_argument("--latent-noise", type=float, default=0.0, metavar="SIGMA",
                    help="vae phase: noise on the decoder's input, SIGMA times each latent channel's spread")
+    t.add_argument("--frames", type=int, default=None,
+                   help="vae phase: frames per training clip (default 16; a multiple of 4). The encoder "
+                        "and decoder see ~8 latent frames back: clips shorter than that leave the steady "
+                        "state of a long video untrained")
     t.add_argument("--freeze-encoder", action="store_true",
                    help="vae phase: train the decoder only, keeping the code (resume a trained vae.pt "
                         "with a larger --steps)")
@@ -184,6 +188,8 @@ def cmd_train(args) -> int:
         if not 0 <= args.latent_noise <= 1:
             raise UsageError(f"--latent-noise is a share of each latent channel's spread, between 0 and 1, "
                              f"got {args.latent_noise}")
+        if args.frames is not None:
+            opts["frames"] = args.frames
         train.train_vae(args.work, args.config, **{"steps": 1500, **opts, "crop": args.crop},
                         latent_noise=args.latent_noise, freeze_encoder=args.freeze_encoder)
     elif args.phase == "latents":

@@ -244,6 +244,8 @@ def train_vae(work: Path, config: str, steps: int, batch: int = 8, frames: int =
     combos = all_combinations()  # the VAE only reconstructs pixels: every combination is fair game
     if crop is not None and (crop % vae.spatial_compression or not 16 <= crop <= 64):
         raise ValueError(f"crop must be a multiple of {vae.spatial_compression} in [16, 64], got {crop}")
+    if frames < 1 or frames % vae.temporal_compression:
+        raise ValueError(f"frames must be a positive multiple of {vae.temporal_compression}, got {frames}")
     bar = _progress(steps, step, "vae")
     vae.train()
     while step < steps:

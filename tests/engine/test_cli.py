@@ -109,3 +109,8 @@ def test_train_own_context_outside_zero_to_one_gives_one_clear_line(tmp_path):
 def test_freeze_encoder_without_a_trained_vae_gives_one_clear_line(tmp_path):
     proc = run("train", "vae", "--work", str(tmp_path), "--freeze-encoder", timeout=120)
     assert_clean_error(proc, "--freeze-encoder", "train the VAE first")
+
+
+def test_train_vae_frames_not_a_multiple_of_the_temporal_compression_gives_one_clear_line(tmp_path):
+    proc = run("train", "vae", "--work", str(tmp_path), "--frames", "18", timeout=120)
+    assert_clean_error(proc, "frames", "multiple of 4")
