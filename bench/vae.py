@@ -9,7 +9,7 @@ separation (`colour_separation`): a reconstruction can pass while the code puts 
 close that the transformer's small misses swap them. All VAEs compared side by side on the
 same clips: the shipped one and any training work directories given.
 
-    python bench/vae.py [--work /tmp/shapes-train ...] [--clips 48] [--seconds 4]
+    python bench/vae.py [--work /tmp/shapes-train ...] [--clips 144] [--seconds 4]
 
 Writes bench/results/vae.json.
 """
@@ -91,7 +91,8 @@ def colour_separation(vae, clips) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, action="append", default=[], help="a `sana-serve train` work directory")
-    ap.add_argument("--clips", type=int, default=48)
+    ap.add_argument("--clips", type=int, default=144,
+                    help="clips to judge (48 were too few to rank VAEs within a few passes of each other)")
     ap.add_argument("--seconds", type=float, default=4.0)
     args = ap.parse_args()
     torch.set_num_threads(2)
