@@ -85,10 +85,10 @@ class Checkpointer:
         if saved != type(opt).__name__:
             raise SystemExit(f"{self.path} was trained with {saved}, not {type(opt).__name__}: "
                              "resume with the optimizer it was started with")
-        if "opt" in ck and load_opt:
-            opt.load_state_dict(ck["opt"])
-        else:  # a weights-only snapshot (what gets committed mid-training): Adam starts afresh
+        if "opt" not in ck:  # a weights-only snapshot (what gets committed mid-training): Adam starts afresh
             log.warning("%s has no optimizer state: resuming with a fresh optimizer", self.path)
+        elif load_opt:
+            opt.load_state_dict(ck["opt"])
         torch.set_rng_state(ck["torch_rng"])
         step = int(ck["step"])
         self._drop_rows_after(step)

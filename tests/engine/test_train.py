@@ -3,7 +3,6 @@ import csv
 
 import numpy as np
 import pytest
-
 import torch
 import yaml
 
