@@ -56,12 +56,16 @@ def to_tensor(video: np.ndarray) -> torch.Tensor:
 class Checkpointer:
     """Resumable training state + a CSV loss log for one phase (means over each logging interval)."""
 
+    _OWN_ENTRIES = ("model", "opt", "opt_kind", "step", "torch_rng")
+
     def __init__(self, work: Path, phase: str):
         self.path = work / f"{phase}.pt"
         self.log_path = work / f"{phase}_loss.csv"
         work.mkdir(parents=True, exist_ok=True)
         self._sums: dict[str, float] = {}
         self._count = 0
+        self._saved: dict | None = None
+        self.extra: dict = {}
 
     def accumulate(self, **values) -> None:
         for k, v in values.items():
@@ -73,13 +77,21 @@ class Checkpointer:
             self.log(step, **{k: v / self._count for k, v in self._sums.items()})
         self._sums, self._count = {}, 0
 
+    def read(self) -> dict:
+        """The saved checkpoint ({} without one), read from disk once: callers that check its
+        entries before `load` (a VAE's training scope) share the read with it."""
+        if self._saved is None:
+            self._saved = torch.load(self.path, map_location="cpu", weights_only=False) if self.path.is_file() else {}
+        return self._saved
+
     def load(self, model, opt, load_opt: bool = True) -> int:
         """Resume: the step to continue from (0 without a checkpoint). `load_opt=False` starts
-        the optimizer afresh, for a run that trains other parameters than the saved one did."""
-        if not self.path.is_file():
+        the optimizer afresh, for a run that trains other parameters than the saved one did.
+        The checkpoint's other entries (what `save` got as `extra`) are left in `self.extra`."""
+        ck, self._saved = self.read(), None
+        if not ck:
             self._drop_rows_after(0)  # a run killed before its first save starts over
             return 0
-        ck = torch.load(self.path, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
         saved = ck.get("opt_kind", "AdamW")  # checkpoints from before the choice were AdamW
         if saved != type(opt).__name__:
@@ -91,6 +103,7 @@ class Checkpointer:
             opt.load_state_dict(ck["opt"])
         torch.set_rng_state(ck["torch_rng"])
         step = int(ck["step"])
+        self.extra = {k: v for k, v in ck.items() if k not in self._OWN_ENTRIES}
         self._drop_rows_after(step)
         return step
 
@@ -223,7 +236,7 @@ def train_vae(work: Path, config: str, steps: int, batch: int = 8, frames: int =
     opt = torch.optim.AdamW(trained, lr=lr, weight_decay=0.0)
     ck = Checkpointer(work, "vae")
     scope = "decoder" if freeze_encoder else "all"
-    saved = torch.load(ck.path, map_location="cpu", weights_only=False) if ck.path.is_file() else {}
+    saved = ck.read()
     if freeze_encoder and not saved:
         raise ValueError(f"--freeze-encoder fine-tunes a trained VAE's decoder, and {ck.path} does not exist: "
                          "train the VAE first")
@@ -235,8 +248,8 @@ def train_vae(work: Path, config: str, steps: int, batch: int = 8, frames: int =
         log.info("%s: the decoder-only fine-tune starts with a fresh optimizer", ck.path)
     step = ck.load(vae, opt, load_opt=saved_scope == scope)
     kept = {"trains": scope}
-    if freeze_encoder and "latent_stats" in saved:  # the code is unchanged: the bank's statistics hold
-        kept["latent_stats"] = saved["latent_stats"]
+    if freeze_encoder and "latent_stats" in ck.extra:  # the code is unchanged: the bank's statistics hold
+        kept["latent_stats"] = ck.extra["latent_stats"]
     del saved
     rng = np.random.default_rng(seed + step)  # resumed runs continue with fresh, reproducible data
     from engine.shapes import all_combinations
@@ -451,9 +464,7 @@ def train_transformer(work: Path, config: str, steps: int, batch: int = 16, lr: 
     opt = transformer_optimizer(model, optimizer, lr)
     ck = Checkpointer(work, "transformer")
     step = ck.load(model, opt)
-    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if step:
-        ema = torch.load(ck.path, map_location="cpu", weights_only=False).get("ema", ema)
+    ema = ck.extra.get("ema") or {k: v.detach().clone() for k, v in model.state_dict().items()}
     bank = torch.load(work / "latents.pt", weights_only=False)
     latents, combos = bank["latents"], bank["combos"]
     text_encoder = TextEncoder(cfg.text_encoder, max_length=cfg.text_max_length)
