@@ -28,8 +28,8 @@ BINS = [(0, 4), (4, 8), (8, 12), (12, 16), (16, 33)]  # px from the nearest edge
 
 
 def edge_accuracy(engine, cases) -> dict:
-    from engine.rollout import GenerationRequest
-    from engine.shapes.checker import check_video, read_frames
+    from sana_serve.engine.rollout import GenerationRequest
+    from sana_serve.shapes.checker import check_video, read_frames
 
     width, height = engine.config.video.width, engine.config.video.height
     block = engine.vae.temporal_compression * engine.config.sampling.chunk_frames  # video frames per block
@@ -59,8 +59,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="template videos (default: the eval's 48)")
     args = ap.parse_args()
 
-    from engine import load_engine
-    from engine.eval import build_cases
+    from sana_serve.engine import load_engine
+    from sana_serve.shapes.eval import build_cases
 
     cases = build_cases("template", args.limit, seed_base=args.seed_base)
     report = {"seed_base": args.seed_base, "models": {}}

@@ -37,7 +37,7 @@ PROMPT = "a red circle moving right on a black background"
 
 
 def load(config: str, compile: bool = False):
-    from engine import load_engine
+    from sana_serve.engine import load_engine
 
     engine = load_engine(config, device="cpu", compile=compile)
     # Equal steps on both sides: the diffusers twin takes `steps` for every frame, so ours must
@@ -86,7 +86,7 @@ def diffusers_generate(engine, ref, seconds: float, seed: int = 0) -> tuple[np.n
 
 def ours_generate(engine, seconds: float, seed: int = 0) -> tuple[list[float], float, float, int]:
     """Per-block seconds, time to first block, total seconds, frame count."""
-    from engine import GenerationRequest
+    from sana_serve.engine import GenerationRequest
 
     start = time.perf_counter()
     per_block, first, frames = [], None, 0
@@ -104,8 +104,8 @@ def block_times_alternating(engine, seconds: float, early: int, late: int, repea
     A shared machine's load drifts over a long rollout; alternating the two measurements makes
     them see the same conditions, so the ratio says what the state does, not what the neighbours did.
     """
-    from engine import GenerationRequest
-    from engine.rollout import Rollout
+    from sana_serve.engine import GenerationRequest
+    from sana_serve.engine.rollout import Rollout
 
     req = GenerationRequest(PROMPT, seconds=seconds, seed=0)
     rollout, snaps = Rollout(engine, req), {}
@@ -125,7 +125,7 @@ def block_times_alternating(engine, seconds: float, early: int, late: int, repea
 
 def check_compiled_matches_eager(eager, compiled, seconds: float) -> None:
     """The compiled engine must make the same video (fused kernels round differently: ±1 level)."""
-    from engine import GenerationRequest
+    from sana_serve.engine import GenerationRequest
 
     def frames(engine):
         req = GenerationRequest(PROMPT, seconds=seconds, seed=0)

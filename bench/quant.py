@@ -58,7 +58,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def video(engine, prompt: str, seconds: float, seed: int) -> tuple[np.ndarray, list[float]]:
-    from engine import GenerationRequest
+    from sana_serve.engine import GenerationRequest
 
     blocks = list(engine.stream(GenerationRequest(prompt, seconds=seconds, seed=seed)))
     return np.concatenate([b.frames for b in blocks]), [b.seconds for b in blocks]
@@ -85,9 +85,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from engine import load_engine
-    from engine.model.nvfp4 import NVFP4Linear
-    from engine.quantize import memory_report, quantize_checkpoint
+    from sana_serve.engine import load_engine
+    from sana_serve.engine.model.nvfp4 import NVFP4Linear
+    from sana_serve.engine.quantize import memory_report, quantize_checkpoint
+    from sana_serve.shapes.eval import calibration_prompts
 
     prompts = PROMPTS[:2] if args.quick else PROMPTS
     seconds = 2.0 if args.quick else 4.0
@@ -95,7 +96,7 @@ def main() -> None:
     trained = fp32.config.checkpoint is not None
     tmp = tempfile.TemporaryDirectory(prefix="sana-nvfp4-")
     qdir = Path(tmp.name) / "nvfp4"
-    summary = quantize_checkpoint(qdir, args.config, checkpoint=fp32.config.checkpoint, calibration=2, device="cpu",
+    summary = quantize_checkpoint(qdir, args.config, checkpoint=fp32.config.checkpoint, calibration=calibration_prompts(2), device="cpu",
                                   progress=False)
     nvfp4 = load_engine(args.config, checkpoint=qdir, device="cpu")
     bf16_model_bytes = sum(t.numel() * (2 if t.is_floating_point() else t.element_size())
@@ -130,7 +131,7 @@ def main() -> None:
     # eval pass rates (trained checkpoint only)
     eval_rates = None
     if trained:
-        from engine.eval import run_eval
+        from sana_serve.shapes.eval import run_eval
 
         eval_rates = {}
         for name, engine in (("fp32", fp32), ("nvfp4", nvfp4)):

@@ -39,8 +39,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from engine import load_engine
-    from engine.eval import run_eval
+    from sana_serve.engine import load_engine
+    from sana_serve.shapes.eval import run_eval
 
     engine = load_engine(args.config, checkpoint=args.checkpoint)
     rows = []

@@ -56,7 +56,7 @@ class Server:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         env.pop("SANA_SERVE_API_KEYS", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "serve", "--config", config, "--host", "127.0.0.1",
+            [sys.executable, "-m", "sana_serve", "serve", "--config", config, "--host", "127.0.0.1",
              "--port", str(self.port), "--data-dir", str(data), "--max-batch", str(max_batch),
              "--max-queued", "64", "--threads", str(threads), "--log-format", "text"],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)

@@ -25,7 +25,7 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def seconds_per_step(model, opt, recipe, batch: int, steps: int, text_len: int, caption_channels: int) -> float:
-    from engine.train import teacher_forced_loss
+    from sana_serve.shapes.train import teacher_forced_loss
 
     c, h, w = model.config["in_channels"], 8, 8
     n = recipe.chunk_frames
@@ -53,9 +53,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from engine.config import load_config
-    from engine.model.transformer import SanaVideoTransformer
-    from engine.train import FlowRecipe
+    from sana_serve.engine.config import load_config
+    from sana_serve.engine.model.transformer import SanaVideoTransformer
+    from sana_serve.shapes.train import FlowRecipe
 
     cfg = load_config("shapes-tiny")
     s = cfg.sampling

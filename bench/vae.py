@@ -30,9 +30,9 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def judge(vae, clips, fps: int) -> dict:
-    from engine.rollout import to_uint8
-    from engine.shapes import check_video
-    from engine.train import to_tensor
+    from sana_serve.engine.rollout import to_uint8
+    from sana_serve.shapes import check_video
+    from sana_serve.shapes.train import to_tensor
 
     passed, shape, psnr = 0, [], []
     start = time.perf_counter()
@@ -60,8 +60,8 @@ def colour_separation(vae, clips) -> dict:
     (full frames, as the latent bank), so VAEs with and without stored statistics compare alike.
     Per scene (each shape x background x four start positions, moving right) and colour pair:
     the RMS difference over the latent cells the object touches."""
-    from engine.shapes import BACKGROUNDS, COLORS, SHAPES, Scene, render
-    from engine.train import to_tensor
+    from sana_serve.shapes import BACKGROUNDS, COLORS, SHAPES, Scene, render
+    from sana_serve.shapes.train import to_tensor
 
     def code(video):
         return vae.encode(to_tensor(video)[None])[0]  # (C, T/4, H/8, W/8), normalised by the VAE's own stats
@@ -97,11 +97,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
 
-    from engine.config import load_config
-    from engine.eval import build_cases
-    from engine.model.vae import load_vae
-    from engine.shapes import random_scene, render
-    from engine.train import load_trained_vae
+    from sana_serve.engine.config import load_config
+    from sana_serve.shapes.eval import build_cases
+    from sana_serve.engine.model.vae import load_vae
+    from sana_serve.shapes import random_scene, render
+    from sana_serve.shapes.train import load_trained_vae
 
     cfg = load_config("shapes-tiny")  # the VAE alone: no transformer or text encoder to load
     fps = cfg.video.fps

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine import GenerationRequest
-from engine.rollout import Rollout
+from sana_serve.engine import GenerationRequest
+from sana_serve.engine.rollout import Rollout
 
 RED = "a red circle moving right on a black background"
 BLUE = "a blue square moving up on a white background"

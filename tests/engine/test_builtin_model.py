@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import GenerationRequest
-from engine.shapes import check_video, held_out_combinations
+from sana_serve.engine import GenerationRequest
+from sana_serve.shapes import check_video, held_out_combinations
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "shapes-tiny"
@@ -30,7 +30,7 @@ def test_generated_videos_pass_the_shapes_checker(engine):
     """The shipped model's videos show the asked scene (eval, 48 template prompts: 88 % pass every
     check; background right in every frame, colour in 98 % of frames). Six fixed cases: most pass
     every check of the checker, and every one has the asked background and colour."""
-    from engine.eval import build_cases
+    from sana_serve.shapes.eval import build_cases
 
     passed = []
     for case in build_cases("template", limit=6):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine import GenerationRequest, load_config, load_engine
-from engine.checkpoint import load_transformer, save_transformer, write_model_index
-from engine.load import build_random_models
+from sana_serve.engine import GenerationRequest, load_config, load_engine
+from sana_serve.engine.checkpoint import load_transformer, save_transformer, write_model_index
+from sana_serve.engine.load import build_random_models
 
 diffusers = pytest.importorskip("diffusers")
 

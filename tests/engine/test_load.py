@@ -10,8 +10,8 @@ import pytest
 # tests left behind (one run saw 12.8k faults there; a fresh process sees ~0).
 _MEASURE = """
 import resource
-from engine import GenerationRequest, load_engine
-from engine.rollout import Rollout
+from sana_serve.engine import GenerationRequest, load_engine
+from sana_serve.engine.rollout import Rollout
 
 engine = load_engine("shapes-tiny", device="cpu")
 

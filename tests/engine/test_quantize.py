@@ -11,15 +11,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from engine.cli import main
-from engine.model.nvfp4 import NVFP4Linear
-from engine.model.transformer import SanaVideoTransformer
-from engine.quantize import (
+from sana_serve.cli import main
+from sana_serve.engine.model.nvfp4 import NVFP4Linear
+from sana_serve.engine.model.transformer import SanaVideoTransformer
+from sana_serve.engine.quantize import (
     QUANTIZED_SUFFIXES, compressed_tensors_config, load_quantized_transformer, memory_report, quant_config,
     quantize_transformer, summarize_exclude_modules,
 )
-from engine.video import decode_video
-from kernels.nvfp4 import dequantize_nvfp4, quantize_nvfp4
+from sana_serve.engine.video import decode_video
+from sana_serve.kernels.nvfp4 import dequantize_nvfp4, quantize_nvfp4
 
 PROMPT = "a blue square moving up on a white background"
 TINY = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=3,
@@ -187,7 +187,7 @@ def test_exclude_summary_matches_modelopt_on_a_larger_layer_list(modelopt_export
 @pytest.fixture(scope="module")
 def quantized_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "shapes-nvfp4"
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "quantize", "--out", str(out), "--exclude-blocks",
+    proc = subprocess.run([sys.executable, "-m", "sana_serve", "quantize", "--out", str(out), "--exclude-blocks",
                            "last", "--calibration", "1", "--device", "cpu"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "calibrating" in proc.stderr and "wrote" in proc.stderr  # progress bars and the summary line
@@ -215,7 +215,7 @@ def test_quantize_cli_writes_a_full_checkpoint_in_modelopt_layout(quantized_chec
 
 
 def test_loading_keeps_weights_packed_and_generates(quantized_checkpoint, tmp_path):
-    from engine import GenerationRequest, load_engine
+    from sana_serve.engine import GenerationRequest, load_engine
 
     engine = load_engine("shapes-tiny", checkpoint=quantized_checkpoint, device="cpu")
     model = engine.transformer
@@ -237,7 +237,7 @@ def test_loading_keeps_weights_packed_and_generates(quantized_checkpoint, tmp_pa
 
     # and through the CLI, with resident bytes in the report
     out, report = tmp_path / "q.mp4", tmp_path / "q.json"
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "generate", "--checkpoint", str(quantized_checkpoint),
+    proc = subprocess.run([sys.executable, "-m", "sana_serve", "generate", "--checkpoint", str(quantized_checkpoint),
                            "--prompt", PROMPT, "--seconds", "1", "--seed", "3", "--out", str(out), "--report",
                            str(report), "--quiet"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -247,7 +247,7 @@ def test_loading_keeps_weights_packed_and_generates(quantized_checkpoint, tmp_pa
 
 
 def test_precision_nvfp4_quantizes_on_load_and_stays_close_to_fp32():
-    from engine import GenerationRequest, load_engine
+    from sana_serve.engine import GenerationRequest, load_engine
 
     fp32 = load_engine("shapes-tiny", device="cpu")
     nvfp4 = load_engine("shapes-tiny", device="cpu", precision="nvfp4")
@@ -261,7 +261,7 @@ def test_precision_nvfp4_quantizes_on_load_and_stays_close_to_fp32():
 
 
 def test_loaded_packed_model_equals_the_in_memory_quantized_one(tmp_path):
-    from engine.checkpoint import save_transformer
+    from sana_serve.engine.checkpoint import save_transformer
 
     model = tiny_model(12)
     quantize_transformer(model, exclude_blocks={1}, calibrate=calibrate_with(2))
@@ -323,10 +323,10 @@ def test_a_broken_quantized_checkpoint_is_a_clear_error(tmp_path, capsys, quanti
 
 
 def test_quantize_from_a_checkpoint_copies_its_other_parts(tmp_path):
-    from engine.checkpoint import save_transformer, write_model_index
-    from engine.load import build_random_models
-    from engine.config import load_config
-    from engine import load_engine
+    from sana_serve.engine.checkpoint import save_transformer, write_model_index
+    from sana_serve.engine.load import build_random_models
+    from sana_serve.engine.config import load_config
+    from sana_serve.engine import load_engine
 
     src = tmp_path / "src"
     transformer, vae = build_random_models(load_config("shapes-tiny"))

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from engine import Cancelled, GenerationRequest
-from engine.rollout import Rollout, chunk_plan
-from engine.video import Mp4Writer, decode_video
+from sana_serve.engine import Cancelled, GenerationRequest
+from sana_serve.engine.rollout import Rollout, chunk_plan
+from sana_serve.engine.video import Mp4Writer, decode_video
 
 PROMPT = "a blue square moving up on a white background"
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine.sampler import guided, make_sigmas, sample_chunk
+from sana_serve.engine.sampler import guided, make_sigmas, sample_chunk
 
 MU, STD = 1.5, 0.5
 

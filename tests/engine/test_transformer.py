@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.model.transformer import SanaVideoTransformer
+from sana_serve.engine.model.transformer import SanaVideoTransformer
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import SanaVideoTransformer3DModel  # noqa: E402
@@ -197,7 +197,7 @@ def test_circular_padding_makes_the_mix_ffn_wrap_around():
     """A world on a torus: with spatial_padding='circular' the Mix-FFN commutes with a roll of the
     frame (an object crossing the edge is one object to it); with diffusers' zeros it does not.
     The weights are interchangeable, and the option is saved in config.json only when it is set."""
-    from engine.model.transformer import GLUMBTempConv
+    from sana_serve.engine.model.transformer import GLUMBTempConv
 
     torch.manual_seed(0)
     zeros, circular = GLUMBTempConv(16, 2.0), GLUMBTempConv(16, 2.0, spatial_padding="circular")

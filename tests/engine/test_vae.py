@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from engine.model.vae import CausalVideoVAE, decode_streams, load_vae
+from sana_serve.engine.model.vae import CausalVideoVAE, decode_streams, load_vae
 
 LATENT_CHANNELS = 8
 
@@ -230,7 +230,7 @@ def test_decode_rejects_bad_latents(vae):
 def test_causal_conv_matches_conv3d_with_past_padding(kernel):
     # CausalConv3d computes the 3-D conv as one 2-D conv over time-shifted copies; it must
     # equal torch's Conv3d on the input padded with kt-1 zero frames in the past.
-    from engine.model.vae import CausalConv3d
+    from sana_serve.engine.model.vae import CausalConv3d
 
     torch.manual_seed(16)
     conv = CausalConv3d(5, 7, kernel)

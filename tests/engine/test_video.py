@@ -11,7 +11,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from engine.video import FragmentedMp4Encoder, Mp4Writer, VideoEncodingError, decode_video, remux_to_mp4
+from sana_serve.engine.video import FragmentedMp4Encoder, Mp4Writer, VideoEncodingError, decode_video, remux_to_mp4
 
 W, H, FPS = 64, 64, 16
 BACKGROUND = (10, 10, 10)

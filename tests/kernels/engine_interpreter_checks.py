@@ -14,9 +14,9 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 in the environment (see the module docstring)", allow_module_level=True)
 pytest.importorskip("triton")
 
-from engine.model.nvfp4 import NVFP4Linear  # noqa: E402
-from engine.model.transformer import SanaVideoTransformer  # noqa: E402
-from engine.quantize import quantize_transformer, set_kernels  # noqa: E402
+from sana_serve.engine.model.nvfp4 import NVFP4Linear  # noqa: E402
+from sana_serve.engine.model.transformer import SanaVideoTransformer  # noqa: E402
+from sana_serve.engine.quantize import quantize_transformer, set_kernels  # noqa: E402
 
 RTOL = 1e-4
 TINY = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2,

@@ -10,12 +10,12 @@ import torch
 
 pytest.importorskip("triton")  # in the dev extra
 
-from engine.model.attention import LinearSelfAttention  # noqa: E402
-from engine.model.transformer import SanaVideoTransformer  # noqa: E402
-from engine.quantize import QuantizationError, set_kernels  # noqa: E402
-from kernels._triton import is_interpreted  # noqa: E402
+from sana_serve.engine.model.attention import LinearSelfAttention  # noqa: E402
+from sana_serve.engine.model.transformer import SanaVideoTransformer  # noqa: E402
+from sana_serve.engine.quantize import QuantizationError, set_kernels  # noqa: E402
+from sana_serve.kernels._triton import is_interpreted  # noqa: E402
 from tests.kernels.interpreter import assert_checks_pass_under_interpreter  # noqa: E402
-from kernels.linear_attention import _state_kernel  # noqa: E402
+from sana_serve.kernels.linear_attention import _state_kernel  # noqa: E402
 
 CHECKS = Path(__file__).with_name("engine_interpreter_checks.py")
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from engine.model.attention import LinearSelfAttention, RotaryEmbedding3D
-from kernels.linear_attention import chunk_linear_attention, chunk_linear_attention_reference
+from sana_serve.engine.model.attention import LinearSelfAttention, RotaryEmbedding3D
+from sana_serve.kernels.linear_attention import chunk_linear_attention, chunk_linear_attention_reference
 
 
 def rope_tables(head_dim, frame_offset, frames, height, width):

@@ -5,7 +5,7 @@ import zlib
 import pytest
 import torch
 
-from kernels.nvfp4 import (
+from sana_serve.kernels.nvfp4 import (
     E2M1_VALUES,
     NVFP4Weight,
     dequantize_nvfp4,
@@ -13,7 +13,7 @@ from kernels.nvfp4 import (
     quantize_nvfp4,
     unpack_nvfp4_codes,
 )
-from kernels.nvfp4_gemm import fp4_tensor_cores_available, nvfp4_linear, swizzle_block_scales
+from sana_serve.kernels.nvfp4_gemm import fp4_tensor_cores_available, nvfp4_linear, swizzle_block_scales
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def test_swizzled_scales_follow_the_cublas_128x4_layout():
 
 @pytest.mark.skipif(not fp4_tensor_cores_available(), reason="needs a Blackwell GPU (sm_100/sm_120); untested here")
 def test_fp4_tensor_cores_match_w4a4_emulation():
-    from kernels.nvfp4_gemm import nvfp4_linear_fp4
+    from sana_serve.kernels.nvfp4_gemm import nvfp4_linear_fp4
 
     torch.manual_seed(0)
     w, x, b = torch.randn(256, 512), torch.randn(64, 512), torch.randn(256)

@@ -12,11 +12,11 @@ import torch
 
 pytest.importorskip("triton")  # in the dev extra
 
-from kernels._triton import is_interpreted  # noqa: E402
+from sana_serve.kernels._triton import is_interpreted  # noqa: E402
 from tests.kernels.interpreter import assert_checks_pass_under_interpreter  # noqa: E402
-from kernels.linear_attention import _state_kernel, chunk_linear_attention, chunk_linear_attention_reference  # noqa: E402
-from kernels.nvfp4 import quantize_nvfp4  # noqa: E402
-from kernels.nvfp4_gemm import nvfp4_linear  # noqa: E402
+from sana_serve.kernels.linear_attention import _state_kernel, chunk_linear_attention, chunk_linear_attention_reference  # noqa: E402
+from sana_serve.kernels.nvfp4 import quantize_nvfp4  # noqa: E402
+from sana_serve.kernels.nvfp4_gemm import nvfp4_linear  # noqa: E402
 
 CHECKS = Path(__file__).with_name("triton_interpreter_checks.py")
 

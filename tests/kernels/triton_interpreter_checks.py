@@ -16,15 +16,15 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 in the environment (see the module docstring)", allow_module_level=True)
 pytest.importorskip("triton")
 
-from kernels._triton import is_interpreted  # noqa: E402
-from kernels.linear_attention import (  # noqa: E402
+from sana_serve.kernels._triton import is_interpreted  # noqa: E402
+from sana_serve.kernels.linear_attention import (  # noqa: E402
     _state_kernel,
     chunk_linear_attention,
     chunk_linear_attention_reference,
     chunk_linear_attention_triton,
 )
-from kernels.nvfp4 import nvfp4_linear_reference, quantize_nvfp4  # noqa: E402
-from kernels.nvfp4_gemm import nvfp4_linear, nvfp4_linear_triton  # noqa: E402
+from sana_serve.kernels.nvfp4 import nvfp4_linear_reference, quantize_nvfp4  # noqa: E402
+from sana_serve.kernels.nvfp4_gemm import nvfp4_linear, nvfp4_linear_triton  # noqa: E402
 
 RTOL = 1e-5
 

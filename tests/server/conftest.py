@@ -64,7 +64,7 @@ class ServerProcess:
         return httpx.Client(base_url=self.url, headers=self.headers, timeout=60, **kw)
 
     def start(self, timeout: float = 180) -> "ServerProcess":
-        args = [sys.executable, "-m", "engine.cli", "serve", "--config", str(self.config), "--host", "127.0.0.1",
+        args = [sys.executable, "-m", "sana_serve", "serve", "--config", str(self.config), "--host", "127.0.0.1",
                 "--port", str(self.port), "--data-dir", str(self.data_dir), "--threads", "2", *self.extra]
         if self.api_key:
             args += ["--api-key", self.api_key]

@@ -5,7 +5,7 @@ import numpy as np
 import openai
 import pytest
 
-from engine.video import decode_video
+from sana_serve.engine.video import decode_video
 from tests.server.conftest import API_KEY, LIMITS, PROMPT, finished, wait_for
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # the SDK marks the Videos API deprecated

@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from engine.video import decode_video
-from server.hub import CLOSE_TOO_SLOW, InProcessBlockHub, StreamClosed
-from server.outputs import JobOutput, block_event
+from sana_serve.engine.video import decode_video
+from sana_serve.server.hub import CLOSE_TOO_SLOW, InProcessBlockHub, StreamClosed
+from sana_serve.server.outputs import JobOutput, block_event
 from tests.server.test_outputs import F, FPS, H, W, make_blocks
 
 SIZES = [8] + [16] * 7

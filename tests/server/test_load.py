@@ -12,7 +12,7 @@ import httpx
 from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect
 
-from engine.video import decode_video
+from sana_serve.engine.video import decode_video
 from tests.server.conftest import PROMPT, finished, wait_for
 
 SUBMISSIONS = 50

@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from engine.rollout import Block
-from engine.video import decode_video
-from server.outputs import JobOutput
+from sana_serve.engine.rollout import Block
+from sana_serve.engine.video import decode_video
+from sana_serve.server.outputs import JobOutput
 
 W, H, FPS, F = 64, 64, 16, 16
 SIZES = [8, 16, 16, 16, 16, 12]  # a short first block (causal VAE), a short last block
@@ -127,7 +127,7 @@ CHILD = textwrap.dedent("""
     import sys
     sys.path[:0] = [{root!r}, {tests!r}]
     from test_outputs import make_blocks, W, H, FPS, F
-    from server.outputs import JobOutput
+    from sana_serve.server.outputs import JobOutput
     _, blocks = make_blocks([8] + [16] * 40)
     out = JobOutput(sys.argv[1], W, H, FPS, F, keep_frames=True)  # new or reopened
     for b in blocks[out.blocks_written:]:

@@ -1,7 +1,7 @@
 """`serve --precision nvfp4`: the server quantizes the transformer on load and serves videos with it."""
 import re
 
-from engine.video import decode_video
+from sana_serve.engine.video import decode_video
 from tests.server.conftest import PROMPT, ServerProcess, finished, wait_for
 
 

@@ -2,7 +2,7 @@
 checkpointed block and its video is identical to an uninterrupted run with the same seed."""
 import numpy as np
 
-from engine.video import decode_video
+from sana_serve.engine.video import decode_video
 from tests.server.conftest import PROMPT, ServerProcess, finished, wait_for
 
 

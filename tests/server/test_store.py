@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from server.store import Job, JobFiles, QueueFull, SqliteJobStore, new_job_id
+from sana_serve.server.store import Job, JobFiles, QueueFull, SqliteJobStore, new_job_id
 
 
 def job(priority=0, **kw):
@@ -73,7 +73,7 @@ def test_job_files_reject_unsafe_ids_and_checkpoint_atomically(tmp_path):
 
 
 def test_expired_and_orphaned_jobs_are_removed(tmp_path):
-    from server.app import remove_expired, remove_orphans
+    from sana_serve.server.app import remove_expired, remove_orphans
 
     class Idle:  # the real worker's answer for a job it is not running
         def cancel(self, job_id, delete_files):

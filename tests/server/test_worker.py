@@ -4,11 +4,11 @@ import time
 
 import pytest
 
-from engine.rollout import GenerationRequest
-from server.config import ServerSettings
-from server.outputs import JobOutput
-from server.store import Job, JobFiles, SqliteJobStore, new_job_id
-from server.worker import Busy, Worker
+from sana_serve.engine.rollout import GenerationRequest
+from sana_serve.server.config import ServerSettings
+from sana_serve.server.outputs import JobOutput
+from sana_serve.server.store import Job, JobFiles, SqliteJobStore, new_job_id
+from sana_serve.server.worker import Busy, Worker
 
 PROMPT = "a green square moving up on a white background"
 

@@ -22,7 +22,7 @@ import yaml
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from engine.video import FragmentedMp4Encoder, decode_video
+from sana_serve.engine.video import FragmentedMp4Encoder, decode_video
 from tests.server.conftest import API_KEY, PROMPT, ROOT, ServerProcess
 
 FPS = 16
@@ -204,8 +204,8 @@ def test_stream_continues_across_a_kill9(tmp_path, test_config):
 # -- an in-process server for the knobs ------------------------------------------------------
 class InProcessServer:
     def __init__(self, data_dir: Path, config: Path, **settings):
-        from server.app import create_app
-        from server.config import ServerSettings
+        from sana_serve.server.app import create_app
+        from sana_serve.server.config import ServerSettings
 
         self.settings = ServerSettings(config=str(config), data_dir=data_dir, host="127.0.0.1", torch_threads=2,
                                        log_format="text", **settings)

@@ -1,0 +1,157 @@
+"""Servable model configs: one YAML per model (configs/*.yaml).
+
+A config names a checkpoint directory (Hugging Face layout) or, until a trained checkpoint
+exists, asks for seeded random weights at a given shape; plus the text encoder, the video
+geometry, the sampling defaults and the request limits a server enforces.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from sana_serve.engine.sampler import SAMPLERS
+
+
+
+def _data_dir(name: str) -> Path:
+    """configs/ and models/ sit at the checkout's root; a wheel carries them inside the package
+    (pyproject maps them to sana_serve/configs and sana_serve/models), so one relative path
+    (`checkpoint: ../models/shapes-tiny`) holds in both."""
+    package = Path(__file__).resolve().parent.parent
+    inside = package / name
+    return inside if inside.is_dir() else package.parent / name
+
+
+CONFIG_DIR = _data_dir("configs")
+DEFAULT_CONFIG = "shapes-tiny"
+
+
+class ConfigError(ValueError):
+    """A config file that is missing or malformed; the message says which and why."""
+
+
+@dataclass
+class SamplingConfig:
+    chunk_frames: int = 4  # latent frames per streamed block
+    steps: int = 4  # denoising steps per chunk
+    # steps for the first chunk (None = `steps`): it starts from an empty state, so position and
+    # shape come from the prompt alone; later chunks continue a scene the state already holds
+    first_chunk_steps: int | None = None
+    sampler: str = "euler"
+    flow_shift: float = 3.0
+    guidance_scale: float = 1.0
+    timesteps: list[float] | None = None  # explicit per-chunk schedule (0..1000), overrides steps/shift
+    window_chunks: int | None = None  # remember only the last N chunks (None = all)
+
+    def block_steps(self, requested: int | None = None) -> tuple[int, int]:
+        """(first block's, later blocks') denoising steps for a request that asked for `requested`
+        steps (None: the config's). A request's own steps, like an explicit `timesteps` schedule,
+        apply to every block; only the config's own default gives the first block more."""
+        if requested is not None:
+            return requested, requested
+        if self.timesteps is not None:
+            return len(self.timesteps), len(self.timesteps)
+        return self.first_chunk_steps or self.steps, self.steps
+
+
+@dataclass
+class VideoConfig:
+    width: int = 64
+    height: int = 64
+    fps: int = 16
+
+
+@dataclass
+class LimitsConfig:
+    max_seconds: float = 600.0
+    max_steps: int = 50
+    min_guidance: float = 1.0
+    max_guidance: float = 15.0
+    max_prompt_chars: int = 1000
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    checkpoint: Path | None = None
+    random_init: dict | None = None  # {seed, transformer: {...}, vae: {...}} when there is no checkpoint
+    text_encoder: str = "builtin:minilm-l6"
+    text_max_length: int = 64
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    source: Path | None = None
+
+    @property
+    def is_random(self) -> bool:
+        return self.checkpoint is None
+
+
+def _section(cls, data, where):
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    return cls(**data)
+
+
+def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
+    """A path to a YAML file, or the name of one in configs/ (e.g. 'shapes-tiny')."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        return p
+    candidate = CONFIG_DIR / f"{p.name}.yaml"
+    if candidate.is_file() and p.name == str(name_or_path):
+        return candidate
+    available = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"unknown config {str(name_or_path)!r}; available: {available} (or a path to a .yaml file)")
+
+
+def load_config(name_or_path: str | os.PathLike = DEFAULT_CONFIG) -> ModelConfig:
+    path = resolve_config_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = dict(data)
+    cfg = ModelConfig(
+        name=data.pop("name", path.stem),
+        checkpoint=None,
+        random_init=data.pop("random_init", None),
+        text_encoder=data.pop("text_encoder", "builtin:minilm-l6"),
+        text_max_length=int(data.pop("text_max_length", 64)),
+        sampling=_section(SamplingConfig, data.pop("sampling", None), f"{path}: sampling"),
+        video=_section(VideoConfig, data.pop("video", None), f"{path}: video"),
+        limits=_section(LimitsConfig, data.pop("limits", None), f"{path}: limits"),
+        source=path,
+    )
+    checkpoint = data.pop("checkpoint", None)
+    if data:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(data))}")
+    if checkpoint is not None:
+        ckpt = (path.parent / checkpoint).resolve()
+        if (ckpt / "model_index.json").is_file():
+            cfg.checkpoint = ckpt
+        elif cfg.random_init is None:
+            raise ConfigError(f"{path}: checkpoint {ckpt} has no model_index.json")
+    if cfg.checkpoint is None and cfg.random_init is None:
+        raise ConfigError(f"{path}: needs a `checkpoint` or `random_init`")
+    s = cfg.sampling
+    if s.sampler not in SAMPLERS:
+        raise ConfigError(f"{path}: sampling.sampler must be one of {', '.join(SAMPLERS)}")
+    if s.chunk_frames < 1 or s.steps < 1:
+        raise ConfigError(f"{path}: sampling.chunk_frames and sampling.steps must be >= 1")
+    if s.first_chunk_steps is not None and s.first_chunk_steps < 1:
+        raise ConfigError(f"{path}: sampling.first_chunk_steps must be >= 1")
+    return cfg
