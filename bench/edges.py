@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # the repo's `engine` package, not bench/engine.py beside this script
+sys.path.insert(0, str(ROOT))  # the checkout's sana_serve, installed or not
 RESULTS = ROOT / "bench" / "results"
 BINS = [(0, 4), (4, 8), (8, 12), (12, 16), (16, 33)]  # px from the nearest edge (the frame is 64 px)
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # the repo's `engine` package, not bench/engine.py beside this script
+sys.path.insert(0, str(ROOT))  # the checkout's sana_serve, installed or not
 RESULTS = ROOT / "bench" / "results"
 
 
