@@ -234,21 +234,17 @@ class WanUpBlock(nn.Module):
 
 class WanEncoder3d(nn.Module):
     def __init__(self, in_channels: int, dim: int, z_dim: int, dim_mult: Sequence[int], num_res_blocks: int,
-                 attn_scales: Sequence[float], temperal_downsample: Sequence[bool]):
+                 temperal_downsample: Sequence[bool]):
         super().__init__()
         dims = [dim * u for u in [1, *dim_mult]]
-        scale = 1.0
         self.conv_in = WanCausalConv3d(in_channels, dims[0], 3, padding=1)
         blocks: list[nn.Module] = []
         for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
             for _ in range(num_res_blocks):
                 blocks.append(WanResidualBlock(in_dim, out_dim))
-                if scale in attn_scales:
-                    blocks.append(WanAttentionBlock(out_dim))
                 in_dim = out_dim
             if i != len(dim_mult) - 1:
                 blocks.append(WanResample(out_dim, "downsample3d" if temperal_downsample[i] else "downsample2d"))
-                scale /= 2.0
         self.down_blocks = nn.ModuleList(blocks)
         self.mid_block = WanMidBlock(dims[-1])
         self.norm_out = WanRMSNorm(dims[-1], images=False)
@@ -306,6 +302,8 @@ def wan_config(config: dict) -> dict:
     cfg = {**DEFAULTS, **given}
     if cfg["is_residual"] or cfg["patch_size"] not in (None, 1):
         raise ValueError("this is a Wan2.2-style VAE (is_residual / patch_size); only the Wan2.1 VAE is supported")
+    if cfg["attn_scales"]:  # Wan2.1 has none; diffusers 0.42 cannot run an encoder with them either
+        raise ValueError(f"attn_scales={cfg['attn_scales']}: encoder attention blocks are not supported (Wan2.1 has none)")
     levels = len(cfg["dim_mult"])
     if levels < 1 or len(cfg["temperal_downsample"]) != levels - 1:
         raise ValueError(f"temperal_downsample needs {levels - 1} flags for dim_mult {cfg['dim_mult']}, "
@@ -342,7 +340,7 @@ class WanVAE(nn.Module):
         self.temporal_compression = 2 ** sum(bool(d) for d in cfg["temperal_downsample"])
         z = cfg["z_dim"]
         self.encoder = WanEncoder3d(cfg["in_channels"], cfg["base_dim"], z * 2, cfg["dim_mult"],
-                                    cfg["num_res_blocks"], cfg["attn_scales"], cfg["temperal_downsample"])
+                                    cfg["num_res_blocks"], cfg["temperal_downsample"])
         self.quant_conv = WanCausalConv3d(z * 2, z * 2, 1)
         self.post_quant_conv = WanCausalConv3d(z, z, 1)
         self.decoder = WanDecoder3d(cfg["decoder_base_dim"] or cfg["base_dim"], z, cfg["dim_mult"],
