@@ -92,10 +92,8 @@ class WanCausalConv3d(nn.Conv3d):
             x = torch.cat([past, x], dim=2)
             if cache is not None:
                 cache[self] = x[:, :, -self.time_pad:].clone()  # clone: a view would pin the whole chunk
-        ph, pw = self.space_pad
-        if ph or pw:
-            x = F.pad(x, (pw, pw, ph, ph, 0, 0))
-        return F.conv3d(x, self.weight, self.bias, self.stride)
+        # Spatial zero padding inside the conv: no padded copy of a (large) activation.
+        return F.conv3d(x, self.weight, self.bias, self.stride, (0, *self.space_pad))
 
 
 class WanRMSNorm(nn.Module):
@@ -391,6 +389,7 @@ class WanVAE(nn.Module):
         if h == 0 or w == 0 or h % sc or w % sc:
             raise ValueError(f"video is {h}x{w} (HxW); height and width must be positive multiples of {sc}")
         cache = {} if cache is None else cache
+        video = video.to(self.quant_conv.weight.dtype)
         fresh = self.encoder.conv_in not in cache
         if fresh and (t - 1) % tc:
             raise ValueError(f"the first chunk of a video must have 1 + {tc}k frames; got {t}")
@@ -427,7 +426,8 @@ class WanVAE(nn.Module):
         if latents.shape[2] == 0:
             raise ValueError("latents have 0 frames")
         cache = {} if cache is None else cache
-        x = self.post_quant_conv(self.denormalize_latents(latents))
+        # Like SanaVideoPipeline: latents.to(vae.dtype) first, then de-normalise in that dtype.
+        x = self.post_quant_conv(self.denormalize_latents(latents.to(self.post_quant_conv.weight.dtype)))
         out = torch.cat([self.decoder(x[:, :, i: i + 1], cache) for i in range(x.shape[2])], 2)
         return out.clamp(-1.0, 1.0)
 
