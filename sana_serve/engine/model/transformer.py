@@ -8,11 +8,17 @@ bidirectionally to itself and causally to the past through a `StreamState`. Temp
 absolute frame positions (`state.next_frame`), and the temporal conv of the Mix-FFN sees the
 last frame of the previous chunk on its left and zeros on its right (causal across chunks).
 A full-sequence call is the same computation with an empty state, so one code path serves both.
+
+Batch invariance: `forward_chunk(..., request_rows=[2, 2, 1])` says the batch holds several
+requests (here three, with 2, 2 and 1 rows) and makes each request's output rows bit-identical
+to what the same call would give that request alone. See `per_request` for which ops run per
+request and why.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +28,55 @@ from sana_serve.engine.model.attention import (
     CrossAttention, LinearSelfAttention, RMSNorm, RotaryEmbedding3D, mask_to_bias, timestep_embedding,
 )
 from sana_serve.engine.model.state import StreamState
+
+def per_request(rows: Sequence[int] | None, fn, *args):
+    """`fn(*args)`, computed once per request when `rows` divides the batch into requests.
+
+    Why: a kernel's result for one row can depend on the other rows it is called with. MKL's
+    GEMM takes other code paths for small M (measured here: the timestep MLP's 2-row vs 8-row
+    products differ in the last bits), oneDNN's convolutions and torch's bmm pick algorithms by
+    batch size (the patch embedding and the linear-attention denominator differ between 1 and 8
+    rows), cuBLAS chooses tiles and split-K by M, the Triton linear-attention kernel splits the
+    token sum into more or fewer partial sums by batch x heads, and the NVFP4 W4A4 path scales
+    its activations by the amax of the whole batch. Called per request, every such kernel sees
+    exactly the shapes, strides and values it sees when that request runs alone, so its rows
+    match bit for bit whatever it was batched with; element-wise ops and per-token norms, which
+    compute each token from its own values only, stay batched around these calls.
+
+    Arguments: a tensor is cut along dim 0 by `rows`; a list holds one item per request; None
+    passes through; a tuple is handled item by item. Tensor outputs (or tuples of them, None
+    kept) are concatenated back along dim 0.
+    """
+    if rows is None:
+        return fn(*args)
+    parts = [_split(a, rows) for a in args]
+    outs = [fn(*call) for call in zip(*parts)] if parts else [fn() for _ in rows]
+    return _cat(outs)
+
+
+def _split(arg, rows: Sequence[int]) -> list:
+    if arg is None:
+        return [None] * len(rows)
+    if isinstance(arg, torch.Tensor):
+        if arg.shape[0] != sum(rows):
+            raise ValueError(f"a batch of {arg.shape[0]} rows cannot be split into requests of {list(rows)} rows")
+        return list(arg.split(list(rows)))
+    if isinstance(arg, list):
+        if len(arg) != len(rows):
+            raise ValueError(f"{len(arg)} per-request items for {len(rows)} requests")
+        return arg
+    if isinstance(arg, tuple):
+        return [tuple(items) for items in zip(*(_split(a, rows) for a in arg))]
+    return [arg] * len(rows)
+
+
+def _cat(outs: list):
+    first = outs[0]
+    if first is None:
+        return None
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outs)
+    return tuple(_cat(list(items)) for items in zip(*outs))
 
 
 class TimestepEmbedder(nn.Module):
@@ -155,8 +210,12 @@ class SanaVideoBlock(nn.Module):
         self.ff = GLUMBTempConv(dim, mlp_ratio, spatial_padding)
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
 
-    def forward(self, x, mod, text_kv, text_bias, rope, frames, height, width, past, tail):
-        """x: (B, N, C) tokens; mod: (B, F_or_1, 6, C) timestep modulation per frame."""
+    def forward(self, x, mod, text_kv, text_bias, rope, frames, height, width, past, tail, request_rows=None):
+        """x: (B, N, C) tokens; mod: (B, F_or_1, 6, C) timestep modulation per frame.
+
+        request_rows: see `per_request` (rope is then a list of per-request tables). The
+        attentions and the Mix-FFN (GEMMs, convs, token sums) run per request; the norms,
+        modulation, gates and residuals batched."""
         b, n, c = x.shape
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.scale_shift_table + mod).unbind(dim=2)  # each (B, F_or_1, C)
@@ -169,10 +228,12 @@ class SanaVideoBlock(nn.Module):
         def gated(t, gate):
             return (t.view(b, per_frame, -1, c) * gate[:, :, None]).view(b, n, c)
 
-        attn, contribution = self.attn1(modulate(self.norm1(x), shift_msa, scale_msa), rope, past)
+        rows = request_rows
+        attn, contribution = per_request(rows, self.attn1, modulate(self.norm1(x), shift_msa, scale_msa), rope, past)
         x = x + gated(attn, gate_msa)
-        x = x + self.attn2(x, text_kv, text_bias)
-        ff, new_tail = self.ff(modulate(self.norm2(x), shift_mlp, scale_mlp), frames, height, width, tail)
+        x = x + per_request(rows, self.attn2, x, text_kv, text_bias)
+        ff, new_tail = per_request(rows, lambda h, t: self.ff(h, frames, height, width, t),
+                                   modulate(self.norm2(x), shift_mlp, scale_mlp), tail)
         x = x + gated(ff, gate_mlp)
         return x, contribution, new_tail
 
@@ -278,13 +339,19 @@ class SanaVideoTransformer(nn.Module):
                            window_chunks=window_chunks, device=self.proj_out.weight.device)
 
     @torch.compiler.disable  # reading state.next_frame inside a compiled graph would guard on it: a recompile per chunk
-    def _rope_at(self, state, frames: int, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE tables at the state's absolute frame position (one per row for a StateBatch)."""
+    def _rope_at(self, state, frames: int, height: int, width: int, device, request_rows=None):
+        """RoPE tables at the state's absolute frame position (one per row for a StateBatch).
+
+        With request_rows: a list with each request's own table, as it would get it alone."""
         offset = 0
         if state is not None:
             nf, p_t = state.next_frame, self.patch_size[0]
             offset = nf // p_t if isinstance(nf, int) else [n // p_t for n in nf]
-        return self.rope(offset, frames, height, width, device)
+        if request_rows is None:
+            return self.rope(offset, frames, height, width, device)
+        offsets = [offset] * sum(request_rows) if isinstance(offset, int) else offset
+        starts = [sum(request_rows[:i]) for i in range(len(request_rows))]
+        return [self.rope(offsets[s], frames, height, width, device) for s in starts]
 
     # ---- forward --------------------------------------------------------------------------
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, timestep: torch.Tensor,
@@ -296,13 +363,17 @@ class SanaVideoTransformer(nn.Module):
 
     def forward_chunk(self, latents: torch.Tensor, timestep: torch.Tensor, text: TextContext,
                       state: StreamState | None = None, update_state: bool = False,
-                      guidance: torch.Tensor | None = None) -> torch.Tensor:
+                      guidance: torch.Tensor | None = None,
+                      request_rows: Sequence[int] | None = None) -> torch.Tensor:
         """Denoiser output for one chunk of latent frames.
 
         latents (B, C, F, H, W); timestep (B,) or (B, F) (per-frame noise levels, for
         diffusion-forcing training); state: the past (None = nothing before this chunk).
         With update_state, this chunk's contribution is folded into `state` (call it on the
         clean chunk at t=0 once the chunk is final).
+        request_rows: how many rows of the batch each request holds (batch order). Given, each
+        request's rows come out bit-identical to a call with that request alone (`per_request`);
+        None: one kernel call over the whole batch (rows may then differ in the last bits).
         """
         if update_state and state is None:
             raise ValueError("update_state=True needs a state")
@@ -313,8 +384,11 @@ class SanaVideoTransformer(nn.Module):
         f, hh, ww = frames // p_t, height // p_h, width // p_w
         dtype = self.proj_out.weight.dtype
 
-        rope = self._rope_at(state, f, hh, ww, latents.device)
-        x = self.patch_embedding(latents.to(dtype)).flatten(2).transpose(1, 2)  # (B, N, C)
+        rows = None if request_rows is None or len(request_rows) == 1 else list(request_rows)
+        if rows is not None and sum(rows) != b:
+            raise ValueError(f"request_rows {rows} do not add up to the batch of {b} rows")
+        rope = self._rope_at(state, f, hh, ww, latents.device, rows)
+        x = per_request(rows, self.patch_embedding, latents.to(dtype)).flatten(2).transpose(1, 2)  # (B, N, C)
 
         if timestep.ndim == 0:
             timestep = timestep.expand(b)
@@ -322,7 +396,9 @@ class SanaVideoTransformer(nn.Module):
         if timestep.ndim == 2 and per_frame != f:
             raise ValueError(f"per-frame timestep has {per_frame} entries for {f} frames")
         g = None if guidance is None else guidance.reshape(b, 1).expand(b, per_frame).flatten()
-        mod, emb = self.time_embed(timestep.reshape(b, per_frame).flatten(), dtype, g)
+        time_rows = None if rows is None else [r * per_frame for r in rows]
+        mod, emb = per_request(time_rows, lambda t_, g_: self.time_embed(t_, dtype, g_),
+                               timestep.reshape(b, per_frame).flatten(), g)
         mod = mod.view(b, per_frame, 6, -1)
         emb = emb.view(b, per_frame, -1)
 
@@ -332,7 +408,7 @@ class SanaVideoTransformer(nn.Module):
             if state is not None:
                 st = state.layers[i]
                 past, tail = (st.vk, st.k_sum), st.conv_tail
-            x, (vk, k_sum), new_tail = blk(x, mod, text.kv[i], text.bias, rope, f, hh, ww, past, tail)
+            x, (vk, k_sum), new_tail = blk(x, mod, text.kv[i], text.bias, rope, f, hh, ww, past, tail, rows)
             contributions.append((vk, k_sum, new_tail))
         if update_state:
             # Past layers read the state before this chunk: folding in after the loop is the same
@@ -342,7 +418,7 @@ class SanaVideoTransformer(nn.Module):
         shift, scale = (self.scale_shift_table[None, None] + emb[:, :, None]).unbind(dim=2)
         x = self.norm_out(x).view(b, per_frame, -1, self.inner_dim)
         x = (x * (1 + scale[:, :, None]) + shift[:, :, None]).view(b, -1, self.inner_dim)
-        x = self.proj_out(x)
+        x = per_request(rows, self.proj_out, x)
 
         x = x.reshape(b, f, hh, ww, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         # The sampler's arithmetic stays fp32 whatever precision the weights run in.
