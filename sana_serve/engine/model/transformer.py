@@ -11,8 +11,8 @@ A full-sequence call is the same computation with an empty state, so one code pa
 
 Batch invariance: `forward_chunk(..., request_rows=[2, 2, 1])` says the batch holds several
 requests (here three, with 2, 2 and 1 rows) and makes each request's output rows bit-identical
-to what the same call would give that request alone. See `per_request` for which ops run per
-request and why.
+to what the same call would give that request alone. See `rows.per_request` for which ops run
+per request and why.
 """
 from __future__ import annotations
 
@@ -27,57 +27,8 @@ from torch import nn
 from sana_serve.engine.model.attention import (
     CrossAttention, LinearSelfAttention, RMSNorm, RotaryEmbedding3D, mask_to_bias, timestep_embedding,
 )
+from sana_serve.engine.model.rows import per_request
 from sana_serve.engine.model.state import StreamState
-
-def per_request(rows: Sequence[int] | None, fn, *args):
-    """`fn(*args)`, computed once per request when `rows` divides the batch into requests.
-
-    Why: a kernel's result for one row can depend on the other rows it is called with. MKL's
-    GEMM takes other code paths for small M (measured here: the timestep MLP's 2-row vs 8-row
-    products differ in the last bits), oneDNN's convolutions and torch's bmm pick algorithms by
-    batch size (the patch embedding and the linear-attention denominator differ between 1 and 8
-    rows), cuBLAS chooses tiles and split-K by M, the Triton linear-attention kernel splits the
-    token sum into more or fewer partial sums by batch x heads, and the NVFP4 W4A4 path scales
-    its activations by the amax of the whole batch. Called per request, every such kernel sees
-    exactly the shapes, strides and values it sees when that request runs alone, so its rows
-    match bit for bit whatever it was batched with; element-wise ops and per-token norms, which
-    compute each token from its own values only, stay batched around these calls.
-
-    Arguments: a tensor is cut along dim 0 by `rows`; a list holds one item per request; None
-    passes through; a tuple is handled item by item. Tensor outputs (or tuples of them, None
-    kept) are concatenated back along dim 0.
-    """
-    if rows is None:
-        return fn(*args)
-    parts = [_split(a, rows) for a in args]
-    outs = [fn(*call) for call in zip(*parts)] if parts else [fn() for _ in rows]
-    return _cat(outs)
-
-
-def _split(arg, rows: Sequence[int]) -> list:
-    if arg is None:
-        return [None] * len(rows)
-    if isinstance(arg, torch.Tensor):
-        if arg.shape[0] != sum(rows):
-            raise ValueError(f"a batch of {arg.shape[0]} rows cannot be split into requests of {list(rows)} rows")
-        return list(arg.split(list(rows)))
-    if isinstance(arg, list):
-        if len(arg) != len(rows):
-            raise ValueError(f"{len(arg)} per-request items for {len(rows)} requests")
-        return arg
-    if isinstance(arg, tuple):
-        return [tuple(items) for items in zip(*(_split(a, rows) for a in arg))]
-    return [arg] * len(rows)
-
-
-def _cat(outs: list):
-    first = outs[0]
-    if first is None:
-        return None
-    if isinstance(first, torch.Tensor):
-        return torch.cat(outs)
-    return tuple(_cat(list(items)) for items in zip(*outs))
-
 
 class TimestepEmbedder(nn.Module):
     def __init__(self, dim: int):
@@ -166,22 +117,25 @@ class GLUMBTempConv(nn.Module):
         self.conv_temp = nn.Conv2d(dim, dim, kernel_size=(3, 1), stride=1, padding=(1, 0), bias=False)
 
     def forward(self, x: torch.Tensor, frames: int, height: int, width: int,
-                tail: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                tail: torch.Tensor | None, request_rows: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, F*H*W, C). tail: (B, 1, H*W, C) last temporal-conv input frame of the past, or None.
+        request_rows: the GEMMs and the depthwise conv run per request (`per_request`).
 
         Returns (output, new tail).
         """
         b, _, c = x.shape
-        h = F.silu(_pointwise(self.conv_inverted, x))
+        rows = request_rows
+        image_rows = None if rows is None else [r * frames for r in rows]  # (B*F, H, W, C) images
+        h = F.silu(per_request(rows, lambda t: _pointwise(self.conv_inverted, t), x))
         h = h.view(b * frames, height, width, -1)
         if self.circular:
             h = _wrap_pad(h)
         h = h.permute(0, 3, 1, 2)  # channels-last NCHW view
-        h = F.conv2d(h, self.conv_depth.weight, self.conv_depth.bias, padding=0 if self.circular else 1,
-                     groups=h.shape[1])
+        h = per_request(image_rows, lambda t: F.conv2d(t, self.conv_depth.weight, self.conv_depth.bias,
+                                                       padding=0 if self.circular else 1, groups=t.shape[1]), h)
         h = h.permute(0, 2, 3, 1)
         h, gate = h.chunk(2, dim=-1)
-        h = _pointwise(self.conv_point, h * F.silu(gate))  # (B*F, H, W, C)
+        h = per_request(image_rows, lambda t: _pointwise(self.conv_point, t), h * F.silu(gate))  # (B*F, H, W, C)
         h = h.reshape(b, frames, height * width, c)
 
         # Temporal conv, kernel 3: out[f] = h[f] + W0·h[f-1] + W1·h[f] + W2·h[f+1]. One GEMM gives
@@ -190,12 +144,12 @@ class GLUMBTempConv(nn.Module):
         # chunk's last frame (`tail`; zeros at the very start); the last frame has no right
         # neighbour: no look-ahead into the next chunk.
         w = self.conv_temp.weight[..., 0].permute(2, 0, 1).reshape(3 * c, c)  # [W0; W1; W2]
-        taps = F.linear(h, w)  # (B, F, HW, 3C)
+        taps = per_request(rows, lambda t: F.linear(t, w), h)  # (B, F, HW, 3C)
         out = h + taps[..., c:2 * c]
         out[:, 1:] += taps[:, :-1, :, :c]
         out[:, :-1] += taps[:, 1:, :, 2 * c:]
         if tail is not None:
-            out[:, :1] += F.linear(tail, w[:c])
+            out[:, :1] += per_request(rows, lambda t: F.linear(t, w[:c]), tail)
         return out.reshape(b, -1, c), h[:, -1:]
 
 
@@ -213,9 +167,8 @@ class SanaVideoBlock(nn.Module):
     def forward(self, x, mod, text_kv, text_bias, rope, frames, height, width, past, tail, request_rows=None):
         """x: (B, N, C) tokens; mod: (B, F_or_1, 6, C) timestep modulation per frame.
 
-        request_rows: see `per_request` (rope is then a list of per-request tables). The
-        attentions and the Mix-FFN (GEMMs, convs, token sums) run per request; the norms,
-        modulation, gates and residuals batched."""
+        request_rows: see `per_request`; the GEMMs, convs and attention cores inside the
+        attentions and the Mix-FFN run per request, everything else batched."""
         b, n, c = x.shape
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.scale_shift_table + mod).unbind(dim=2)  # each (B, F_or_1, C)
@@ -229,11 +182,10 @@ class SanaVideoBlock(nn.Module):
             return (t.view(b, per_frame, -1, c) * gate[:, :, None]).view(b, n, c)
 
         rows = request_rows
-        attn, contribution = per_request(rows, self.attn1, modulate(self.norm1(x), shift_msa, scale_msa), rope, past)
+        attn, contribution = self.attn1(modulate(self.norm1(x), shift_msa, scale_msa), rope, past, rows)
         x = x + gated(attn, gate_msa)
-        x = x + per_request(rows, self.attn2, x, text_kv, text_bias)
-        ff, new_tail = per_request(rows, lambda h, t: self.ff(h, frames, height, width, t),
-                                   modulate(self.norm2(x), shift_mlp, scale_mlp), tail)
+        x = x + self.attn2(x, text_kv, text_bias, rows)
+        ff, new_tail = self.ff(modulate(self.norm2(x), shift_mlp, scale_mlp), frames, height, width, tail, rows)
         x = x + gated(ff, gate_mlp)
         return x, contribution, new_tail
 
@@ -339,19 +291,13 @@ class SanaVideoTransformer(nn.Module):
                            window_chunks=window_chunks, device=self.proj_out.weight.device)
 
     @torch.compiler.disable  # reading state.next_frame inside a compiled graph would guard on it: a recompile per chunk
-    def _rope_at(self, state, frames: int, height: int, width: int, device, request_rows=None):
-        """RoPE tables at the state's absolute frame position (one per row for a StateBatch).
-
-        With request_rows: a list with each request's own table, as it would get it alone."""
+    def _rope_at(self, state, frames: int, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE tables at the state's absolute frame position (one per row for a StateBatch)."""
         offset = 0
         if state is not None:
             nf, p_t = state.next_frame, self.patch_size[0]
             offset = nf // p_t if isinstance(nf, int) else [n // p_t for n in nf]
-        if request_rows is None:
-            return self.rope(offset, frames, height, width, device)
-        offsets = [offset] * sum(request_rows) if isinstance(offset, int) else offset
-        starts = [sum(request_rows[:i]) for i in range(len(request_rows))]
-        return [self.rope(offsets[s], frames, height, width, device) for s in starts]
+        return self.rope(offset, frames, height, width, device)
 
     # ---- forward --------------------------------------------------------------------------
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, timestep: torch.Tensor,
@@ -387,7 +333,7 @@ class SanaVideoTransformer(nn.Module):
         rows = None if request_rows is None or len(request_rows) == 1 else list(request_rows)
         if rows is not None and sum(rows) != b:
             raise ValueError(f"request_rows {rows} do not add up to the batch of {b} rows")
-        rope = self._rope_at(state, f, hh, ww, latents.device, rows)
+        rope = self._rope_at(state, f, hh, ww, latents.device)
         x = per_request(rows, self.patch_embedding, latents.to(dtype)).flatten(2).transpose(1, 2)  # (B, N, C)
 
         if timestep.ndim == 0:
