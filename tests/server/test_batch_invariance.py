@@ -40,3 +40,14 @@ def test_two_jobs_submitted_together_give_the_mp4_of_one_alone(tmp_path, engine)
     together = run(tmp_path / "together", [(RED, 9, 1.0), ("a purple square moving left on a white background", 2, 3.0)])
     assert alone.shape == (64, 64, 64, 3)
     np.testing.assert_array_equal(together[0], alone)
+
+
+def test_one_switch_turns_batch_invariance_off():
+    import argparse
+
+    from sana_serve.server.config import add_serve_arguments, settings_from_args
+
+    p = argparse.ArgumentParser()
+    add_serve_arguments(p)
+    assert settings_from_args(p.parse_args([]), environ={}).batch_invariant is True
+    assert settings_from_args(p.parse_args(["--no-batch-invariance"]), environ={}).batch_invariant is False
