@@ -58,12 +58,14 @@ def build_random_models(cfg: ModelConfig) -> tuple[SanaVideoTransformer, CausalV
 
 def load_engine(config: str | os.PathLike | ModelConfig = "shapes-tiny", checkpoint: str | os.PathLike | None = None,
                 device: str | torch.device | None = None, precision: str = "fp32", compile: bool = False,
-                kernels: str = "auto") -> Engine:
+                kernels: str = "auto", batch_invariant: bool = True) -> Engine:
     """`compile=True` runs the chunk forward through torch.compile: fused element-wise kernels, less
     per-op overhead (it pays for long videos and servers; it costs ~40 s per chunk shape up front).
 
     kernels: "auto" (Triton on CUDA, PyTorch on CPU), "triton" or "torch" for the chunk path's linear
-    attention and the NVFP4 layers (engine.quantize.set_kernels)."""
+    attention and the NVFP4 layers (engine.quantize.set_kernels).
+
+    batch_invariant: a request's frames are the same whatever it is batched with (Engine)."""
     cfg = config if isinstance(config, ModelConfig) else load_config(config)
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -105,4 +107,4 @@ def load_engine(config: str | os.PathLike | ModelConfig = "shapes-tiny", checkpo
     log.debug("chunk linear attention kernels: %s", attention)
     if compile:
         transformer.forward_chunk = torch.compile(transformer.forward_chunk, dynamic=False)
-    return Engine(transformer, vae.to(device), text, cfg, device)
+    return Engine(transformer, vae.to(device), text, cfg, device, batch_invariant=batch_invariant)

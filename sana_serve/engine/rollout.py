@@ -80,15 +80,26 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 
 
 class Engine:
-    """Holds the model parts; `stream(request)` runs one request."""
+    """Holds the model parts; `stream(request)` runs one request, `step(rollouts)` many at once.
+
+    batch_invariant (the default): a request's frames do not depend on what it is batched with.
+    `step` still runs one forward per step for all compatible rollouts, but inside it every
+    kernel whose rows could depend on the rest of the batch (GEMMs, convs, attention) runs once
+    per request (`transformer.per_request`), and each finished chunk is decoded on its own: a
+    request gets bit-identical latents and frames alone, in any batch, and after a resume on
+    another worker. False: one kernel call over the whole batch and one batched VAE pass
+    (rows may then round differently in the last bits, which grows into visibly different
+    frames over a long video); `bench/batch_invariance.py` measures what the guarantee costs.
+    """
 
     def __init__(self, transformer: SanaVideoTransformer, vae, text_encoder, config: ModelConfig,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", batch_invariant: bool = True):
         self.transformer = transformer.eval().requires_grad_(False)
         self.vae = vae.eval().requires_grad_(False)
         self.text_encoder = text_encoder
         self.config = config
         self.device = torch.device(device)
+        self.batch_invariant = batch_invariant
         self.latent_channels = vae.latent_channels
         v = config.video
         self.latent_hw = (v.height // vae.spatial_compression, v.width // vae.spatial_compression)
@@ -137,7 +148,8 @@ class Engine:
         between any two calls (continuous batching). A rollout folding its last clean chunk into
         its state (t=0) rides in the same forward as the others' denoising steps: requests that
         joined at different calls are out of phase for good, and a separate small forward for
-        each fold would cost nearly as much as the batched one.
+        each fold would cost nearly as much as the batched one. With `batch_invariant` each
+        request's rows are computed as if it were alone (see the class docstring).
         """
         calls = [r._model_call() for r in rollouts]
         groups: dict[tuple, list[int]] = {}
@@ -160,15 +172,19 @@ class Engine:
                 t = torch.cat([calls[i][1] for i in members])
                 text = TextContext.cat([r.text for r in group])
                 states = StateBatch([r.state for r in group], update=updates)
-                out = self.transformer.forward_chunk(x, t, text, states, update_state=any(updates))
+                rows = [r.rows for r in group] if self.batch_invariant else None
+                out = self.transformer.forward_chunk(x, t, text, states, update_state=any(updates), request_rows=rows)
                 outs = out.split([r.rows for r in group])
             for i, out, update in zip(members, outs, updates):
                 finished[i] = rollouts[i]._take_output(out, update)
-        # Decode the finished chunks, batched like the forward: one VAE pass per shape.
+        # Decode the finished chunks: batch-invariant, each on its own (the VAE's convolutions
+        # keep the cores busy at batch 1: a batched pass saved 3 %, README); otherwise batched
+        # like the forward, one VAE pass per shape.
         decode_groups: dict[tuple, list[int]] = {}
         for i, x0 in finished.items():
             if x0 is not None:  # a fresh decoder (empty cache) cannot share a pass with a warm one
-                decode_groups.setdefault((tuple(x0.shape), bool(rollouts[i].decoder.cache)), []).append(i)
+                key = (i,) if self.batch_invariant else (tuple(x0.shape), bool(rollouts[i].decoder.cache))
+                decode_groups.setdefault(key, []).append(i)
         results: list[Block | None] = [None] * len(rollouts)
         for members in decode_groups.values():
             videos = decode_streams([rollouts[i].decoder for i in members], [finished[i] for i in members])

@@ -428,7 +428,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         from sana_serve.engine.load import load_engine
 
         return load_engine(model_config, checkpoint=settings.checkpoint, device=settings.device,
-                           precision=settings.precision, kernels=settings.kernels, compile=settings.compile)
+                           precision=settings.precision, kernels=settings.kernels, compile=settings.compile,
+                           batch_invariant=settings.batch_invariant)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -40,6 +40,9 @@ class ServerSettings:
     precision: str = "fp32"  # fp32 | bf16 | nvfp4 (quantize on load; a quantized checkpoint stays packed)
     kernels: str = "auto"  # auto (Triton on CUDA, PyTorch on CPU) | triton | torch
     compile: bool = False  # torch.compile the chunk forward: faster once warm, ~1 min per new batch shape
+    # A job's frames do not depend on what it is batched with (or on which worker resumes it):
+    # GEMMs, convs and attention run per request inside the shared forward (engine.Engine).
+    batch_invariant: bool = True
     log_format: str = "json"  # json | text
     keep_frames: bool = False  # also store each block's raw frames (.npy); tests compare them exactly
     # Reachable without an API key: health probes and the playground page's static shell (code,
@@ -109,6 +112,9 @@ def add_serve_arguments(p) -> None:
     p.add_argument("--kernels", choices=["auto", "triton", "torch"], default=d.kernels,
                    help="auto: Triton on CUDA, PyTorch on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the chunk forward (warm-up per batch shape)")
+    p.add_argument("--no-batch-invariance", dest="batch_invariant", action="store_false",
+                   help="let a job's pixels depend on what it is batched with, for a little throughput "
+                        "(README: Batching and determinism)")
     p.add_argument("--log-format", choices=["json", "text"], default=d.log_format)
     p.add_argument("--keep-frames", action="store_true", help="also store each block's raw frames (.npy) beside its fMP4 segment")
 
@@ -121,4 +127,4 @@ def settings_from_args(args, environ: dict | None = None) -> ServerSettings:
         max_sessions=args.max_sessions, job_ttl_seconds=args.job_ttl, cleanup_interval_seconds=args.cleanup_interval,
         max_body_bytes=args.max_body_bytes, torch_threads=args.threads, device=args.device,
         log_format=args.log_format, keep_frames=args.keep_frames, precision=args.precision, kernels=args.kernels,
-        compile=args.compile)
+        compile=args.compile, batch_invariant=args.batch_invariant)

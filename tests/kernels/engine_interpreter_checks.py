@@ -91,3 +91,30 @@ def test_auto_on_cpu_stays_torch():
     model = tiny_model(seed=1, nvfp4=True)
     assert set_kernels(model, "auto", torch.device("cpu")) == "torch"
     assert model.transformer_blocks[0].attn1.kernels == "torch"
+
+
+@pytest.mark.parametrize("nvfp4", [False, True])
+def test_forced_triton_batch_invariant_forward_equals_each_solo_forward(nvfp4):
+    """Three requests (2, 1, 2 rows) at different positions in one forward with request_rows: with
+    the Triton linear attention (and Triton NVFP4 GEMMs) each request's rows are exactly its own
+    forward's, although the kernel's token-sum split depends on batch x heads."""
+    from sana_serve.engine.model.state import StateBatch
+    from sana_serve.engine.model.transformer import TextContext
+
+    model = tiny_model(seed=21 + nvfp4, nvfp4=nvfp4)
+    set_kernels(model, "triton", torch.device("cpu"))
+    g = torch.Generator().manual_seed(2)
+    rows = [2, 1, 2]
+    texts = [model.encode_text(torch.randn(r, 5, TINY["caption_channels"], generator=g), torch.ones(r, 5)) for r in rows]
+    states = [model.new_state(r) for r in rows]
+    with torch.no_grad():
+        for k, (r, text, state) in enumerate(zip(rows, texts, states)):
+            for _ in range(k):  # different pasts and frame positions
+                model.forward_chunk(torch.randn(r, 4, 3, 6, 10, generator=g), torch.zeros(r), text, state, update_state=True)
+        xs = [torch.randn(r, 4, 3, 6, 10, generator=g) for r in rows]
+        ts = [torch.rand(r, generator=g) * 1000 for r in rows]
+        solo = [model.forward_chunk(x, t, text, state) for x, t, text, state in zip(xs, ts, texts, states)]
+        out = model.forward_chunk(torch.cat(xs), torch.cat(ts), TextContext.cat(texts), StateBatch(states, [False] * 3),
+                                  request_rows=rows)
+    for got, want in zip(out.split(rows), solo):
+        assert torch.equal(got, want)

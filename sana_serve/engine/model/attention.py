@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sana_serve.engine.model.rows import per_request
+
 
 class RMSNorm(nn.Module):
     """RMSNorm computed in fp32 (diffusers' RMSNorm semantics, optional affine)."""
@@ -123,46 +125,58 @@ class LinearSelfAttention(nn.Module):
         self.kernels = "torch"
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                past: tuple[torch.Tensor, torch.Tensor] | None = None):
-        """x: (B, N, C). past: (vk, k_sum) of earlier chunks or None.
+                past: tuple[torch.Tensor, torch.Tensor] | None = None, request_rows: Sequence[int] | None = None):
+        """x: (B, N, C). past: (vk, k_sum) of earlier chunks or None. request_rows: the projections
+        and the attention core (token sums, state products) run per request (`per_request`).
 
         Returns (output, (vk_chunk, k_sum_chunk)): the chunk's own contribution to the state.
         """
+        rows = request_rows
         dtype = x.dtype
+        q, k, v = per_request(rows, lambda t: (self.to_q(t), self.to_k(t), self.to_v(t)), x)
+        q = self.norm_q(q).unflatten(-1, (self.heads, self.head_dim))
+        k = self.norm_k(k).unflatten(-1, (self.heads, self.head_dim))
+        v = v.unflatten(-1, (self.heads, self.head_dim))
         if self.kernels == "triton":
-            return self._forward_triton(x, rope, past)
-        q = F.relu(self.norm_q(self.to_q(x)).unflatten(-1, (self.heads, self.head_dim))).float()
-        k = F.relu(self.norm_k(self.to_k(x)).unflatten(-1, (self.heads, self.head_dim))).float()
-        v = self.to_v(x).unflatten(-1, (self.heads, self.head_dim)).float()
-        cos, sin = rope
-        q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            out, (vk, k_sum) = self._core_triton(q, k, v, rope, past, rows)
+        else:
+            q, k, v = F.relu(q).float(), F.relu(k).float(), v.float()
+            cos, sin = rope
+            q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            out, vk, k_sum = per_request(rows, self._core, q, q_rot, k, k_rot, v, past)
+        return per_request(rows, self.to_out[0], out.flatten(2).to(dtype)), (vk, k_sum)
 
+    @staticmethod
+    def _core(q, q_rot, k, k_rot, v, past):
+        """The sums over tokens and products with the state (B, N, H, D) -> out, vk, k_sum."""
         vk = torch.einsum("bnhe,bnhd->bhed", v, k_rot)  # (B, H, d_v, d_k)
         k_sum = k.sum(dim=1)  # (B, H, d_k)
         vk_all, k_sum_all = (vk, k_sum) if past is None else (vk + past[0], k_sum + past[1])
-
         num = torch.einsum("bnhd,bhed->bnhe", q_rot, vk_all)
         den = torch.einsum("bnhd,bhd->bnh", q, k_sum_all).unsqueeze(-1) + 1e-15
-        out = (num / den).flatten(2).to(dtype)
-        return self.to_out[0](out), (vk, k_sum)
+        return num / den, vk, k_sum
 
-    def _forward_triton(self, x, rope, past):
+    @staticmethod
+    def _core_triton(q, k, v, rope, past, rows):
+        """The Triton kernel (ReLU and RoPE inside). Its token-sum split depends on batch x heads,
+        so with request_rows it is launched per request, each with that request's own table."""
         from sana_serve.kernels.linear_attention import chunk_linear_attention_triton
 
-        q = self.norm_q(self.to_q(x)).unflatten(-1, (self.heads, self.head_dim))
-        k = self.norm_k(self.to_k(x)).unflatten(-1, (self.heads, self.head_dim))
-        v = self.to_v(x).unflatten(-1, (self.heads, self.head_dim))
-        vk_past, k_sum_past = past if past is not None else (None, None)
         cos, sin = rope
-        if cos.ndim == 2:  # one position table for the whole batch
-            out, vk, k_sum = chunk_linear_attention_triton(q, k, v, cos, sin, vk_past, k_sum_past)  # ReLU inside
-        else:  # per-row tables (batched requests at different positions): one launch per row
-            rows = [chunk_linear_attention_triton(q[i:i + 1], k[i:i + 1], v[i:i + 1], cos[i], sin[i],
-                                                  None if past is None else vk_past[i:i + 1],
-                                                  None if past is None else k_sum_past[i:i + 1])
-                    for i in range(q.shape[0])]
-            out, vk, k_sum = (torch.cat(parts) for parts in zip(*rows))
-        return self.to_out[0](out.flatten(2).to(x.dtype)), (vk, k_sum)
+        if rows is None and cos.ndim == 3:  # per-row positions without request_rows: one launch per row
+            rows = [1] * q.shape[0]
+        if rows is None:  # one position table for the whole batch
+            out, vk, k_sum = chunk_linear_attention_triton(q, k, v, cos, sin, *(past or (None, None)))
+            return out, (vk, k_sum)
+
+        def one(q, k, v, cos, sin, past):
+            # a request's rows share one position: its own (N, D/2) table, as when it runs alone
+            cos, sin = (cos, sin) if cos.ndim == 2 else (cos[0], sin[0])
+            return chunk_linear_attention_triton(q, k, v, cos, sin, *(past or (None, None)))
+
+        table = (cos, sin) if cos.ndim == 3 else ([cos] * len(rows), [sin] * len(rows))
+        out, vk, k_sum = per_request(rows, one, q, k, v, *table, past)
+        return out, (vk, k_sum)
 
 
 class CrossAttention(nn.Module):
@@ -189,11 +203,15 @@ class CrossAttention(nn.Module):
         v = self.to_v(context).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
         return k, v
 
-    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None) -> torch.Tensor:
-        """x (B, N, C); bias (B, 1, 1, L) additive mask or None."""
-        q = self.norm_q(self.to_q(x)).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=bias)
-        return self.to_out[0](out.transpose(1, 2).flatten(2).to(x.dtype))
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None,
+                request_rows: Sequence[int] | None = None) -> torch.Tensor:
+        """x (B, N, C); bias (B, 1, 1, L) additive mask or None. request_rows: the GEMMs and the
+        attention kernel run per request (`per_request`)."""
+        rows = request_rows
+        q = self.norm_q(per_request(rows, self.to_q, x)).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
+        out = per_request(rows, lambda q_, k_, v_, b_: F.scaled_dot_product_attention(q_, k_, v_, attn_mask=b_),
+                          q, kv[0], kv[1], bias)
+        return per_request(rows, self.to_out[0], out.transpose(1, 2).flatten(2).to(x.dtype))
 
 
 def mask_to_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

@@ -8,11 +8,17 @@ bidirectionally to itself and causally to the past through a `StreamState`. Temp
 absolute frame positions (`state.next_frame`), and the temporal conv of the Mix-FFN sees the
 last frame of the previous chunk on its left and zeros on its right (causal across chunks).
 A full-sequence call is the same computation with an empty state, so one code path serves both.
+
+Batch invariance: `forward_chunk(..., request_rows=[2, 2, 1])` says the batch holds several
+requests (here three, with 2, 2 and 1 rows) and makes each request's output rows bit-identical
+to what the same call would give that request alone. See `rows.per_request` for which ops run
+per request and why.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +27,8 @@ from torch import nn
 from sana_serve.engine.model.attention import (
     CrossAttention, LinearSelfAttention, RMSNorm, RotaryEmbedding3D, mask_to_bias, timestep_embedding,
 )
+from sana_serve.engine.model.rows import per_request
 from sana_serve.engine.model.state import StreamState
-
 
 class TimestepEmbedder(nn.Module):
     def __init__(self, dim: int):
@@ -111,22 +117,25 @@ class GLUMBTempConv(nn.Module):
         self.conv_temp = nn.Conv2d(dim, dim, kernel_size=(3, 1), stride=1, padding=(1, 0), bias=False)
 
     def forward(self, x: torch.Tensor, frames: int, height: int, width: int,
-                tail: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                tail: torch.Tensor | None, request_rows: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, F*H*W, C). tail: (B, 1, H*W, C) last temporal-conv input frame of the past, or None.
+        request_rows: the GEMMs and the depthwise conv run per request (`per_request`).
 
         Returns (output, new tail).
         """
         b, _, c = x.shape
-        h = F.silu(_pointwise(self.conv_inverted, x))
+        rows = request_rows
+        image_rows = None if rows is None else [r * frames for r in rows]  # (B*F, H, W, C) images
+        h = F.silu(per_request(rows, lambda t: _pointwise(self.conv_inverted, t), x))
         h = h.view(b * frames, height, width, -1)
         if self.circular:
             h = _wrap_pad(h)
         h = h.permute(0, 3, 1, 2)  # channels-last NCHW view
-        h = F.conv2d(h, self.conv_depth.weight, self.conv_depth.bias, padding=0 if self.circular else 1,
-                     groups=h.shape[1])
+        h = per_request(image_rows, lambda t: F.conv2d(t, self.conv_depth.weight, self.conv_depth.bias,
+                                                       padding=0 if self.circular else 1, groups=t.shape[1]), h)
         h = h.permute(0, 2, 3, 1)
         h, gate = h.chunk(2, dim=-1)
-        h = _pointwise(self.conv_point, h * F.silu(gate))  # (B*F, H, W, C)
+        h = per_request(image_rows, lambda t: _pointwise(self.conv_point, t), h * F.silu(gate))  # (B*F, H, W, C)
         h = h.reshape(b, frames, height * width, c)
 
         # Temporal conv, kernel 3: out[f] = h[f] + W0·h[f-1] + W1·h[f] + W2·h[f+1]. One GEMM gives
@@ -135,12 +144,12 @@ class GLUMBTempConv(nn.Module):
         # chunk's last frame (`tail`; zeros at the very start); the last frame has no right
         # neighbour: no look-ahead into the next chunk.
         w = self.conv_temp.weight[..., 0].permute(2, 0, 1).reshape(3 * c, c)  # [W0; W1; W2]
-        taps = F.linear(h, w)  # (B, F, HW, 3C)
+        taps = per_request(rows, lambda t: F.linear(t, w), h)  # (B, F, HW, 3C)
         out = h + taps[..., c:2 * c]
         out[:, 1:] += taps[:, :-1, :, :c]
         out[:, :-1] += taps[:, 1:, :, 2 * c:]
         if tail is not None:
-            out[:, :1] += F.linear(tail, w[:c])
+            out[:, :1] += per_request(rows, lambda t: F.linear(t, w[:c]), tail)
         return out.reshape(b, -1, c), h[:, -1:]
 
 
@@ -155,8 +164,11 @@ class SanaVideoBlock(nn.Module):
         self.ff = GLUMBTempConv(dim, mlp_ratio, spatial_padding)
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
 
-    def forward(self, x, mod, text_kv, text_bias, rope, frames, height, width, past, tail):
-        """x: (B, N, C) tokens; mod: (B, F_or_1, 6, C) timestep modulation per frame."""
+    def forward(self, x, mod, text_kv, text_bias, rope, frames, height, width, past, tail, request_rows=None):
+        """x: (B, N, C) tokens; mod: (B, F_or_1, 6, C) timestep modulation per frame.
+
+        request_rows: see `per_request`; the GEMMs, convs and attention cores inside the
+        attentions and the Mix-FFN run per request, everything else batched."""
         b, n, c = x.shape
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.scale_shift_table + mod).unbind(dim=2)  # each (B, F_or_1, C)
@@ -169,10 +181,11 @@ class SanaVideoBlock(nn.Module):
         def gated(t, gate):
             return (t.view(b, per_frame, -1, c) * gate[:, :, None]).view(b, n, c)
 
-        attn, contribution = self.attn1(modulate(self.norm1(x), shift_msa, scale_msa), rope, past)
+        rows = request_rows
+        attn, contribution = self.attn1(modulate(self.norm1(x), shift_msa, scale_msa), rope, past, rows)
         x = x + gated(attn, gate_msa)
-        x = x + self.attn2(x, text_kv, text_bias)
-        ff, new_tail = self.ff(modulate(self.norm2(x), shift_mlp, scale_mlp), frames, height, width, tail)
+        x = x + self.attn2(x, text_kv, text_bias, rows)
+        ff, new_tail = self.ff(modulate(self.norm2(x), shift_mlp, scale_mlp), frames, height, width, tail, rows)
         x = x + gated(ff, gate_mlp)
         return x, contribution, new_tail
 
@@ -296,13 +309,17 @@ class SanaVideoTransformer(nn.Module):
 
     def forward_chunk(self, latents: torch.Tensor, timestep: torch.Tensor, text: TextContext,
                       state: StreamState | None = None, update_state: bool = False,
-                      guidance: torch.Tensor | None = None) -> torch.Tensor:
+                      guidance: torch.Tensor | None = None,
+                      request_rows: Sequence[int] | None = None) -> torch.Tensor:
         """Denoiser output for one chunk of latent frames.
 
         latents (B, C, F, H, W); timestep (B,) or (B, F) (per-frame noise levels, for
         diffusion-forcing training); state: the past (None = nothing before this chunk).
         With update_state, this chunk's contribution is folded into `state` (call it on the
         clean chunk at t=0 once the chunk is final).
+        request_rows: how many rows of the batch each request holds (batch order). Given, each
+        request's rows come out bit-identical to a call with that request alone (`per_request`);
+        None: one kernel call over the whole batch (rows may then differ in the last bits).
         """
         if update_state and state is None:
             raise ValueError("update_state=True needs a state")
@@ -313,8 +330,11 @@ class SanaVideoTransformer(nn.Module):
         f, hh, ww = frames // p_t, height // p_h, width // p_w
         dtype = self.proj_out.weight.dtype
 
+        rows = None if request_rows is None or len(request_rows) == 1 else list(request_rows)
+        if rows is not None and sum(rows) != b:
+            raise ValueError(f"request_rows {rows} do not add up to the batch of {b} rows")
         rope = self._rope_at(state, f, hh, ww, latents.device)
-        x = self.patch_embedding(latents.to(dtype)).flatten(2).transpose(1, 2)  # (B, N, C)
+        x = per_request(rows, self.patch_embedding, latents.to(dtype)).flatten(2).transpose(1, 2)  # (B, N, C)
 
         if timestep.ndim == 0:
             timestep = timestep.expand(b)
@@ -322,7 +342,9 @@ class SanaVideoTransformer(nn.Module):
         if timestep.ndim == 2 and per_frame != f:
             raise ValueError(f"per-frame timestep has {per_frame} entries for {f} frames")
         g = None if guidance is None else guidance.reshape(b, 1).expand(b, per_frame).flatten()
-        mod, emb = self.time_embed(timestep.reshape(b, per_frame).flatten(), dtype, g)
+        time_rows = None if rows is None else [r * per_frame for r in rows]
+        mod, emb = per_request(time_rows, lambda t_, g_: self.time_embed(t_, dtype, g_),
+                               timestep.reshape(b, per_frame).flatten(), g)
         mod = mod.view(b, per_frame, 6, -1)
         emb = emb.view(b, per_frame, -1)
 
@@ -332,7 +354,7 @@ class SanaVideoTransformer(nn.Module):
             if state is not None:
                 st = state.layers[i]
                 past, tail = (st.vk, st.k_sum), st.conv_tail
-            x, (vk, k_sum), new_tail = blk(x, mod, text.kv[i], text.bias, rope, f, hh, ww, past, tail)
+            x, (vk, k_sum), new_tail = blk(x, mod, text.kv[i], text.bias, rope, f, hh, ww, past, tail, rows)
             contributions.append((vk, k_sum, new_tail))
         if update_state:
             # Past layers read the state before this chunk: folding in after the loop is the same
@@ -342,7 +364,7 @@ class SanaVideoTransformer(nn.Module):
         shift, scale = (self.scale_shift_table[None, None] + emb[:, :, None]).unbind(dim=2)
         x = self.norm_out(x).view(b, per_frame, -1, self.inner_dim)
         x = (x * (1 + scale[:, :, None]) + shift[:, :, None]).view(b, -1, self.inner_dim)
-        x = self.proj_out(x)
+        x = per_request(rows, self.proj_out, x)
 
         x = x.reshape(b, f, hh, ww, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         # The sampler's arithmetic stays fp32 whatever precision the weights run in.
