@@ -16,6 +16,7 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---- build: a virtual environment in /opt/sana-serve, copied whole into the runtime stage ----------
 FROM ${BASE_IMAGE} AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG TORCH_FLAVOUR=cpu
 ARG TORCH_VERSION=2.13.0
 ARG PIP_NO_INDEX=0
@@ -63,12 +64,13 @@ ARG TORCH_FLAVOUR=cpu
 RUN if [ "$TORCH_FLAVOUR" = cuda ]; then \
         headers="$(python3 -c 'import sysconfig, os; print("" if os.path.exists(sysconfig.get_paths()["include"] + "/Python.h") else "python3-dev")')" \
         && apt-get update \
-        && apt-get install -y --no-install-recommends gcc libc6-dev $headers \
+        && apt-get install -y --no-install-recommends gcc libc6-dev ${headers:+"$headers"} \
         && rm -rf /var/lib/apt/lists/*; \
     fi \
-    && useradd --system --uid 10001 --user-group --create-home --home-dir /home/sana sana \
+    && groupadd --system --gid 10001 sana \
+    && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/sana sana \
     && mkdir -p /data /checkpoint /hf-cache \
-    && chown sana:sana /data /hf-cache
+    && chown 10001:10001 /data /hf-cache
 COPY --from=build /opt/sana-serve /opt/sana-serve
 
 # /data: the job database and the videos (a volume, so they outlive the container).
@@ -76,7 +78,8 @@ COPY --from=build /opt/sana-serve /opt/sana-serve
 ENV PATH=/opt/sana-serve/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/hf-cache
-USER sana
+# Numeric, so that orchestrators can check it is not root (Kubernetes' runAsNonRoot).
+USER 10001:10001
 WORKDIR /home/sana
 VOLUME ["/data"]
 EXPOSE 8000
