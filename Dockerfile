@@ -29,10 +29,13 @@ COPY docker/wheels/ /wheels/
 COPY pyproject.toml constraints.txt README.md /src/
 
 # torch first and on its own: the largest layer, and the only one that differs between flavours.
-RUN case "$TORCH_FLAVOUR" in \
-        cpu)  /opt/sana-serve/bin/pip install -c /src/constraints.txt \
+# constraints.txt (the versions CI tested) pins torch's small dependencies; triton is left out of it
+# here, since each CUDA torch release pins the triton it was built with.
+RUN grep -v '^triton==' /src/constraints.txt > /tmp/torch-constraints.txt \
+    && case "$TORCH_FLAVOUR" in \
+        cpu)  /opt/sana-serve/bin/pip install -c /tmp/torch-constraints.txt \
                   --extra-index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}+cpu" ;; \
-        cuda) /opt/sana-serve/bin/pip install -c /src/constraints.txt "torch==${TORCH_VERSION}" ;; \
+        cuda) /opt/sana-serve/bin/pip install -c /tmp/torch-constraints.txt "torch==${TORCH_VERSION}" ;; \
         *)    echo "TORCH_FLAVOUR must be cpu or cuda, not '$TORCH_FLAVOUR'" >&2; exit 1 ;; \
     esac
 
