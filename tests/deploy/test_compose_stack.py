@@ -211,8 +211,8 @@ def test_docker_kill_mid_job_then_up_resumes_and_keeps_videos(stack):
         assert wait_for(c, short["id"], finished)["status"] == "completed"
         short_mp4 = c.get(f"/v1/videos/{short['id']}/content").content
         long = c.post("/v1/videos", json={"prompt": "a green triangle moving left on a gray background",
-                                          "seconds": 20, "seed": 9, "num_inference_steps": 2}).json()
-        assert long["num_blocks"] >= 6, long
+                                          "seconds": 40, "seed": 9, "num_inference_steps": 2}).json()
+        assert long["num_blocks"] >= 10, long  # long enough that it is still running when the kill lands
         before = wait_for(c, long["id"], lambda v: v["blocks_completed"] >= 2 or finished(v), interval=0.02)
         run(["docker", "kill", stack.container()])  # SIGKILL: no shutdown code runs
     assert before["status"] == "in_progress" and before["blocks_completed"] < before["num_blocks"], before
@@ -225,7 +225,7 @@ def test_docker_kill_mid_job_then_up_resumes_and_keeps_videos(stack):
         done = wait_for(c, long["id"], finished)
         assert done["status"] == "completed" and done["blocks_completed"] == done["num_blocks"], done
         frames = decode_video(c.get(f"/v1/videos/{long['id']}/content").content)
-        assert frames.shape == (20 * 16, 64, 64, 3)
+        assert frames.shape == (40 * 16, 64, 64, 3)
         assert c.get(f"/v1/videos/{short['id']}/content").content == short_mp4  # the volume kept it
         listed = {v["id"] for v in c.get("/v1/videos", params={"limit": 100}).json()["data"]}
         assert {short["id"], long["id"]} <= listed
@@ -237,6 +237,21 @@ def test_docker_kill_mid_job_then_up_resumes_and_keeps_videos(stack):
     assert len(resumed) == 1, resumed
     block = int(resumed[0]["msg"].rsplit(" ", 1)[1])
     assert before["blocks_completed"] <= block < done["num_blocks"], (before, resumed)
+
+
+def test_upgrade_recreates_the_container_and_keeps_running_jobs(stack):
+    """What `up -d --build` does on an upgrade: a new container (SIGTERM to the old one) on the same volume."""
+    with stack.client() as c:
+        job = c.post("/v1/videos", json={"prompt": PROMPT, "seconds": 40, "seed": 2, "num_inference_steps": 2}).json()
+        before = wait_for(c, job["id"], lambda v: v["blocks_completed"] >= 1 or finished(v), interval=0.02)
+    old = stack.container()
+    stack.compose("up", "-d", "--no-build", "--force-recreate")
+    assert stack.container() != old  # a new container, not a restart
+    stack.wait_healthy()
+    with stack.client() as c:
+        done = wait_for(c, job["id"], finished)
+    assert before["status"] == "in_progress", before
+    assert done["status"] == "completed" and done["blocks_completed"] == done["num_blocks"], done
 
 
 def test_never_healthy_while_the_model_cannot_load(image):
