@@ -130,7 +130,9 @@ def compose(*args: str, project: str, env: dict | None = None, timeout: float = 
 
 @pytest.fixture(scope="session")
 def image(base_image, wheelhouse) -> str:
-    """The CPU image, built by `docker compose build` on the local base, offline from the wheelhouse."""
+    """The CPU image, built by `docker compose build` on the local base, offline from the wheelhouse.
+    The wheels are linked into docker/wheels/ (the build context; ignored by git) for the build only;
+    the image stays tagged sana-serve:deploy-test, so the next run's build is a cache hit."""
     linked = []
     for wheel in wheelhouse.glob("*.whl"):
         dest = WHEELS_DIR / wheel.name
