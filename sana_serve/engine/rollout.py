@@ -31,7 +31,7 @@ import torch
 
 from sana_serve.engine.config import ModelConfig, resolution_bins
 from sana_serve.engine.model.transformer import SanaVideoTransformer, TextContext
-from sana_serve.engine.model.vae import CausalVideoVAE, decode_streams
+from sana_serve.engine.model.vae import decode_streams
 from sana_serve.engine.sampler import ChunkSampler, combine_guidance, make_sigmas, snapped_sigmas
 from sana_serve.engine.model.state import StateBatch, StreamState
 
@@ -135,8 +135,9 @@ class Engine:
         # full_sequence with a checkpoint's scheduler: steps -> a fresh scheduler stepping like diffusers'
         self.scheduler_factory = scheduler_factory
         self.latent_channels = vae.latent_channels
-        # A Wan-style causal VAE decodes its first latent frame to one frame, each later one to 4.
-        self.first_frame_alone = bool(getattr(vae, "first_frame_alone", False))
+        # A Wan-style causal VAE decodes a video's first latent frame to one frame, each later one to 4
+        # (its stream decoder handles that first frame on its own: any block sizes may follow).
+        self.first_frame_alone = hasattr(vae, "num_frames") and vae.num_frames(1) == 1
         v = config.video
         self.latent_hw = (v.height // vae.spatial_compression, v.width // vae.spatial_compression)
         self.size_multiple = vae.spatial_compression * transformer.patch_size[1]
@@ -287,22 +288,10 @@ class Engine:
             decode_groups.setdefault((tuple(x0.shape), rollouts[i].next_index == 0), []).append(i)
         results: list[Block | None] = [None] * len(rollouts)
         for members in decode_groups.values():
-            videos = self._decode([rollouts[i].decoder for i in members], [pieces[i] for i in members],
-                                  first=rollouts[members[0]].next_index == 0)
+            videos = decode_streams([rollouts[i].decoder for i in members], [pieces[i] for i in members])
             for i, video in zip(members, videos):
                 results[i] = rollouts[i]._finish_block(video)
         return results
-
-    def _decode(self, decoders: list, latents: list[torch.Tensor], first: bool) -> list[torch.Tensor]:
-        """The next chunk of several videos. A Wan-style VAE must see exactly one latent frame on a
-        video's first call (it does not upsample time there), so block 0 is decoded in two calls."""
-        if first and self.first_frame_alone and latents[0].shape[2] > 1:
-            heads = self._decode(decoders, [x[:, :, :1] for x in latents], first=True)
-            tails = self._decode(decoders, [x[:, :, 1:] for x in latents], first=False)
-            return [torch.cat([h, t], dim=2) for h, t in zip(heads, tails)]
-        if len(decoders) > 1 and isinstance(self.vae, CausalVideoVAE):
-            return decode_streams(decoders, latents)
-        return [d.decode(x) for d, x in zip(decoders, latents)]
 
     def text_context(self, prompt: str, negative_prompt: str, guidance_scale: float) -> TextContext:
         """Cond rows first, then uncond rows when guidance is on."""
