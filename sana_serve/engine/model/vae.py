@@ -419,7 +419,8 @@ class _StreamingVAE:
 
 class StreamingVAEDecoder(_StreamingVAE):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latent chunk (B, z, t, h, w), any t >= 1 -> the next 4t frames (B, C, 4t, 8h, 8w)."""
+        """Latent chunk (B, z, t, h, w), any t >= 1 -> the next frames (B, C, T, 8h, 8w): T = 4t for
+        CausalVideoVAE; for the Wan VAE 1 + 4(t-1) on the first chunk of a video, 4t after it."""
         return self.vae._decode(latents, self.cache)
 
 
@@ -445,24 +446,31 @@ def decode_streams(decoders: list[StreamingVAEDecoder], latents: list[torch.Tens
 
 class StreamingVAEEncoder(_StreamingVAE):
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """Video chunk (B, C, T, H, W), T a multiple of 4 -> the next T/4 normalised latents."""
+        """Video chunk (B, C, T, H, W) -> its normalised latents. T a multiple of 4 for CausalVideoVAE;
+        for the Wan VAE 1 + 4k frames in the first chunk of a video, multiples of 4 after it."""
         mean = self.vae._encode_moments(video, self.cache)[:, : self.vae.latent_channels]
         return self.vae.normalize_latents(mean)
 
 
-# Every VAE class servable through load_vae. A diffusers-format Wan2.1 VAE
-# ("AutoencoderKLWan") will join here behind the same interface: encode, decode,
-# stream_decoder, temporal_compression, spatial_compression, latent_channels.
-VAE_CLASSES: dict[str, type[nn.Module]] = {"CausalVideoVAE": CausalVideoVAE}
+def vae_classes() -> dict[str, type[nn.Module]]:
+    """Every VAE class servable through load_vae, by the `_class_name` of its config.json. All of them
+    share the interface used by the engine: encode, decode, stream_decoder, stream_encoder,
+    temporal_compression, spatial_compression, latent_channels (and `_decode(latents, cache)` /
+    `_encode_moments(video, cache)` with a `Cache` dict, for the streaming classes above)."""
+    from sana_serve.engine.model.wan_vae import CLASS_NAME as WAN_CLASS_NAME, WanVAE  # wan_vae imports this module
+
+    return {"CausalVideoVAE": CausalVideoVAE, WAN_CLASS_NAME: WanVAE}
 
 
 def load_vae(directory: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Load the VAE in `directory` (config.json + safetensors), dispatching on `_class_name`."""
+    """Load the VAE in `directory` (config.json + safetensors), dispatching on `_class_name`:
+    `CausalVideoVAE` (the built-in Shapes VAE) or `AutoencoderKLWan` (the Wan2.1 VAE of diffusers checkpoints)."""
     directory = Path(directory)
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"no VAE config at {config_path}")
     name = json.loads(config_path.read_text()).get("_class_name")
-    if name not in VAE_CLASSES:
-        raise ValueError(f"{config_path}: unknown VAE class {name!r}; known: {', '.join(VAE_CLASSES)}")
-    return VAE_CLASSES[name].from_pretrained(directory, device=device)
+    classes = vae_classes()
+    if name not in classes:
+        raise ValueError(f"{config_path}: unknown VAE class {name!r}; known: {', '.join(classes)}")
+    return classes[name].from_pretrained(directory, device=device)
