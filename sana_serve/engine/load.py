@@ -13,7 +13,7 @@ from sana_serve.engine.config import ConfigError, ModelConfig, is_hub_repo_id, l
 from sana_serve.engine.model.text_encoder import TextEncoder
 from sana_serve.engine.model.nvfp4 import NVFP4Linear
 from sana_serve.engine.model.transformer import SanaVideoTransformer
-from sana_serve.engine.model.vae import VAE_CLASSES, CausalVideoVAE, load_vae
+from sana_serve.engine.model.vae import CausalVideoVAE, load_vae, vae_classes
 from sana_serve.engine.rollout import Engine
 
 log = logging.getLogger("sana_serve.engine")
@@ -55,7 +55,7 @@ def build_random_models(cfg: ModelConfig) -> tuple[SanaVideoTransformer, CausalV
     torch.manual_seed(int(spec.get("seed", 0)))
     transformer = SanaVideoTransformer(**spec.get("transformer", {}))
     vae_spec = dict(spec.get("vae", {}))
-    vae_class = VAE_CLASSES[vae_spec.pop("_class_name", "CausalVideoVAE")]
+    vae_class = vae_classes()[vae_spec.pop("_class_name", "CausalVideoVAE")]
     vae = vae_class(**vae_spec)
     return transformer, vae
 
@@ -66,13 +66,20 @@ def is_diffusers_pipeline(root: Path) -> bool:
     return index.get("_class_name") == "SanaVideoPipeline" and not index.get("_sana_serve")
 
 
-def config_for_checkpoint(root: Path, name: str | None = None) -> str:
+def default_config_name(checkpoint: str | os.PathLike | None) -> str:
     """The config a `--checkpoint` runs with when no --config is given: the release configs for
-    diffusers SanaVideoPipeline checkpoints (LongSANA when the repo or directory name says LongLive,
-    as the release's does), else the built-in model's."""
-    if (root / "model_index.json").is_file() and is_diffusers_pipeline(root):
-        return "longsana-2b-480p" if "longlive" in (name or str(root)).lower() else "sana-video-2b-480p"
-    return "shapes-tiny"
+    diffusers SanaVideoPipeline checkpoints and Hub repo ids (LongSANA when the name says LongLive, as
+    the release's does), else the built-in model's."""
+    if checkpoint is None:
+        return "shapes-tiny"
+    name = str(checkpoint)
+    root = Path(checkpoint)
+    if (root / "model_index.json").is_file():
+        if not is_diffusers_pipeline(root):
+            return "shapes-tiny"
+    elif not is_hub_repo_id(name):
+        return "shapes-tiny"
+    return "longsana-2b-480p" if "longlive" in name.lower() else "sana-video-2b-480p"
 
 
 def resolve_checkpoint(spec: str | os.PathLike) -> Path:
@@ -109,10 +116,10 @@ def load_engine(config: str | os.PathLike | ModelConfig | None = None, checkpoin
     attention and the NVFP4 layers (engine.quantize.set_kernels).
 
     config None: the built-in model's, or for a diffusers SanaVideoPipeline checkpoint the matching
-    release config (config_for_checkpoint). checkpoint: a directory or a Hub repo id."""
-    root = resolve_checkpoint(checkpoint) if checkpoint is not None else None
+    release config (default_config_name). checkpoint: a directory or a Hub repo id."""
     if config is None:
-        config = config_for_checkpoint(root, str(checkpoint)) if root is not None else "shapes-tiny"
+        config = default_config_name(checkpoint)
+    root = resolve_checkpoint(checkpoint) if checkpoint is not None else None
     cfg = config if isinstance(config, ModelConfig) else load_config(config)
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -122,6 +129,9 @@ def load_engine(config: str | os.PathLike | ModelConfig | None = None, checkpoin
     if root is None:
         root = resolve_checkpoint(cfg.checkpoint_repo) if cfg.checkpoint is None and cfg.checkpoint_repo else cfg.checkpoint
     text_path = cfg.text_encoder
+    if text_path == "checkpoint" and (root is None or not (root / "text_encoder").is_dir()):
+        raise ConfigError(f"config {cfg.name} takes its text encoder from the checkpoint, and "
+                          f"{root or 'its (missing) checkpoint'} has no text_encoder/")
     if root is not None:
         if not (root / "model_index.json").is_file():
             raise ConfigError(f"checkpoint {root} has no model_index.json")
