@@ -140,7 +140,8 @@ class Engine:
         self.first_frame_alone = hasattr(vae, "num_frames") and vae.num_frames(1) == 1
         v = config.video
         self.latent_hw = (v.height // vae.spatial_compression, v.width // vae.spatial_compression)
-        self.size_multiple = vae.spatial_compression * transformer.patch_size[1]
+        # sides of a free size: multiples of 32, as SanaVideoPipeline.check_inputs asks (and of VAE x patch)
+        self.size_multiple = max(32, vae.spatial_compression * transformer.patch_size[1])
         self.resolution_bins = resolution_bins(transformer.config.get("sample_size"))
 
     # -- request validation ----------------------------------------------------------------
@@ -170,7 +171,7 @@ class Engine:
 
         A checkpoint with resolution bins (SANA-Video 480p: diffusers' ASPECT_RATIO_480_BIN) serves
         those and the config's size; one without bins serves the config's size in block-causal mode
-        (what it streams at) and, like diffusers' pipeline without binning, any multiple of 16 in
+        (what it streams at) and, like diffusers' pipeline without binning, any multiple of 32 in
         full-sequence mode."""
         default = (self.config.video.width, self.config.video.height)
         if self.resolution_bins:
