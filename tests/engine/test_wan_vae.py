@@ -194,3 +194,37 @@ def test_bad_inputs(pair):
         ours.encode(torch.zeros(1, 3, 1, 30, 32))
     with pytest.raises(ValueError, match="1 \\+ 4k frames"):
         ours.encode(torch.zeros(1, 3, 4, 32, 32))
+
+
+def test_released_config_builds_with_diffusers_keys_and_shapes():
+    """The released SANA-Video 2B/480p vae/config.json (Wan2.1 defaults, as diffusers saves them) builds on
+    the meta device with exactly diffusers' parameter names and shapes: the real safetensors load strictly."""
+    released = {"_class_name": "AutoencoderKLWan", "_diffusers_version": "0.36.0.dev0", "attn_scales": [],
+                "base_dim": 96, "decoder_base_dim": None, "dim_mult": [1, 2, 4, 4], "dropout": 0.0,
+                "in_channels": 3, "is_residual": False, "num_res_blocks": 2, "out_channels": 3, "patch_size": None,
+                "scale_factor_spatial": 8, "scale_factor_temporal": 4, "temperal_downsample": [False, True, True],
+                "z_dim": 16}
+    with torch.device("meta"):
+        ref = AutoencoderKLWan(**{k: v for k, v in released.items() if not k.startswith("_")})
+        ours = WanVAE(**released)
+    expected = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == expected
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+    # Wan2.1's statistics are the defaults when config.json leaves them out, as diffusers' are.
+    assert ours.config["latents_mean"] == list(ref.config.latents_mean)
+    assert ours.config["latents_std"] == list(ref.config.latents_std)
+
+
+@torch.inference_mode()
+def test_stream_cache_survives_a_snapshot_by_module_name(pair):
+    """The rollout saves a decoder's cache by `named_modules()` names and restores it into a fresh decoder."""
+    _, ours = pair
+    z = latents(4, seed=30)
+    decoder = ours.stream_decoder()
+    first = decoder.decode(z[:, :, :2])
+    names = {m: n for n, m in ours.named_modules()}
+    saved = {names[m]: t.clone() for m, t in decoder.cache.items()}
+    modules = dict(ours.named_modules())
+    resumed = ours.stream_decoder()
+    resumed.cache.update({modules[n]: t for n, t in saved.items()})
+    assert torch.equal(torch.cat([first, resumed.decode(z[:, :, 2:])], 2), ours.decode(z))
