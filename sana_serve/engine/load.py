@@ -10,7 +10,7 @@ import torch
 
 from sana_serve.engine.checkpoint import load_transformer, read_config
 from sana_serve.engine.config import ConfigError, ModelConfig, is_hub_repo_id, load_config
-from sana_serve.engine.model.text_encoder import TextEncoder
+from sana_serve.engine.model.text_encoder import GemmaPromptEncoder, TextEncoder
 from sana_serve.engine.model.nvfp4 import NVFP4Linear
 from sana_serve.engine.model.transformer import SanaVideoTransformer
 from sana_serve.engine.model.vae import CausalVideoVAE, load_vae, vae_classes
@@ -144,7 +144,10 @@ def load_engine(config: str | os.PathLike | ModelConfig | None = None, checkpoin
         log.warning("config %s has no trained checkpoint: running RANDOM (untrained) weights at its shape", cfg.name)
         transformer, vae = build_random_models(cfg)
     tokenizer = root / "tokenizer" if root is not None and (root / "tokenizer").is_dir() else None
-    text = TextEncoder(text_path, tokenizer, max_length=cfg.text_max_length, device=device)
+    if root is not None and is_diffusers_pipeline(root):  # Gemma-2, prompts exactly as SanaVideoPipeline's
+        text = GemmaPromptEncoder.from_checkpoint(root, device=device, max_sequence_length=cfg.text_max_length)
+    else:
+        text = TextEncoder(text_path, tokenizer, max_length=cfg.text_max_length, device=device)
     caption = transformer.config["caption_channels"]
     if text.hidden_size != caption:
         raise ConfigError(f"text encoder is {text.hidden_size} wide but the transformer expects {caption}")
@@ -165,4 +168,9 @@ def load_engine(config: str | os.PathLike | ModelConfig | None = None, checkpoin
     log.debug("chunk linear attention kernels: %s", attention)
     if compile:
         transformer.forward_chunk = torch.compile(transformer.forward_chunk, dynamic=False)
-    return Engine(transformer, vae.to(device), text, cfg, device)
+    scheduler = None
+    if cfg.sampling.mode == "full_sequence" and root is not None and (root / "scheduler").is_dir():
+        from sana_serve.engine.scheduler import load_scheduler
+
+        scheduler = load_scheduler(root)  # the checkpoint's own (DPM-Solver++ with flow sigmas for SANA-Video)
+    return Engine(transformer, vae.to(device), text, cfg, device, scheduler=scheduler)

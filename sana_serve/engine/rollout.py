@@ -125,15 +125,16 @@ class Engine:
     """Holds the model parts; `stream(request)` runs one request."""
 
     def __init__(self, transformer: SanaVideoTransformer, vae, text_encoder, config: ModelConfig,
-                 device: str | torch.device = "cpu", scheduler_factory: Callable[[int], object] | None = None):
+                 device: str | torch.device = "cpu", scheduler=None):
         self.transformer = transformer.eval().requires_grad_(False)
         self.vae = vae.eval().requires_grad_(False)
         self.text_encoder = text_encoder
         self.config = config
         self.device = torch.device(device)
         self.mode = config.sampling.mode
-        # full_sequence with a checkpoint's scheduler: steps -> a fresh scheduler stepping like diffusers'
-        self.scheduler_factory = scheduler_factory
+        # full_sequence: the checkpoint's scheduler (engine.scheduler), stepping exactly as diffusers' does;
+        # None: the config's sampler
+        self.scheduler = scheduler
         self.latent_channels = vae.latent_channels
         # A Wan-style causal VAE decodes a video's first latent frame to one frame, each later one to 4
         # (its stream decoder handles that first frame on its own: any block sizes may follow).
@@ -296,8 +297,9 @@ class Engine:
 
     def text_context(self, prompt: str, negative_prompt: str, guidance_scale: float) -> TextContext:
         """Cond rows first, then uncond rows when guidance is on."""
-        prompts = [prompt] + ([negative_prompt] if guidance_scale != 1.0 else [])
-        encoded = [self.text_encoder.encode_one(p) for p in prompts]
+        encoded = [self.text_encoder.encode_one(prompt)]
+        if guidance_scale != 1.0:  # Gemma: the negative prompt without the instruction, as diffusers encodes it
+            encoded.append(self.text_encoder.encode_one(negative_prompt, negative=True))
         states = torch.stack([s for s, _ in encoded]).to(self.device)
         mask = torch.stack([m for _, m in encoded]).to(self.device)
         return self.transformer.encode_text(states, mask)
@@ -436,8 +438,8 @@ class Rollout:
             # exactly the latents SanaVideoPipeline(..., generator=torch.Generator("cpu").manual_seed(seed)) draws
             noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
             noise = noise.to(e.device)
-            if e.scheduler_factory is not None:
-                self._chunk = SchedulerRun(noise, e.scheduler_factory(self.steps))
+            if e.scheduler is not None:
+                self._chunk = e.scheduler.start(noise, self.steps)
                 return
             self._chunk = ChunkSampler(noise, self.sigmas, self.sampler)
             return
@@ -541,25 +543,3 @@ class Rollout:
         self.ready = to(snapshot.get("ready"))
         return self
 
-
-class SchedulerRun:
-    """A full-sequence denoising run stepped by the checkpoint's scheduler (diffusers' update rule,
-    step for step), behind the ChunkSampler interface the rollout drives: x, timestep(), advance(v)."""
-
-    def __init__(self, noise: torch.Tensor, scheduler):
-        self.x, self.scheduler = noise, scheduler
-        self.timesteps = scheduler.timesteps
-        self.step = 0
-        self.steps = len(self.timesteps)
-
-    @property
-    def done(self) -> bool:
-        return self.step >= self.steps
-
-    def timestep(self) -> torch.Tensor:
-        t = self.timesteps[self.step]
-        return torch.full((self.x.shape[0],), float(t), dtype=torch.float32, device=self.x.device)
-
-    def advance(self, v: torch.Tensor) -> None:
-        self.x = self.scheduler.step(v, self.timesteps[self.step], self.x)
-        self.step += 1
