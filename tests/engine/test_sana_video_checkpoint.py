@@ -122,3 +122,33 @@ def test_longsana_mode_matches_block_causal_reference(tiny_sana_video, tiny_sana
     assert report["mode"] == "block_causal"
     assert [b["frames"] for b in report["blocks"]] == [1, 8, 8, 8]
     assert_same_frames(got, expected)
+
+
+def test_full_sequence_progress_per_step_and_same_shape_jobs_share_a_forward(tiny_sana_video_configs):
+    from sana_serve.engine import GenerationRequest, load_engine
+    from sana_serve.engine.rollout import Rollout
+
+    engine = load_engine(tiny_sana_video_configs["full_sequence"], device="cpu")
+    requests = [GenerationRequest(PROMPT, None, seed=s, frames=9, num_inference_steps=3) for s in (1, 2)]
+    alone = [np.concatenate([b.frames for b in engine.stream(r)]) for r in requests]
+    rows, forward = [], engine.transformer.forward_chunk
+
+    def counted(x, *args, **kwargs):  # the real forward, counting the rows of every call
+        rows.append(x.shape[0])
+        return forward(x, *args, **kwargs)
+
+    engine.transformer.forward_chunk = counted
+    rollouts = [Rollout(engine, r) for r in requests]
+    frames, progress = [[], []], []
+    while not all(r.done for r in rollouts):
+        active = [i for i, r in enumerate(rollouts) if not r.done]
+        for i, block in zip(active, engine.step([rollouts[i] for i in active])):
+            if block is not None:
+                frames[i].append(block.frames)
+        progress.append(rollouts[0].progress)
+    # 3 steps of both jobs in one forward each (cond + uncond rows of both), then decode-only steps
+    assert rows == [4, 4, 4]
+    # 3 latent frames in blocks of 1 + 2: the progress moves on every denoising step, then per block
+    assert progress == pytest.approx([1 / 5, 2 / 5, 4 / 5, 1.0])
+    for got, expected in zip(frames, alone):  # batched rows round differently: a level or two at most
+        assert np.abs(np.concatenate(got).astype(int) - expected.astype(int)).max() <= 2
