@@ -228,3 +228,19 @@ def test_stream_cache_survives_a_snapshot_by_module_name(pair):
     resumed = ours.stream_decoder()
     resumed.cache.update({modules[n]: t for n, t in saved.items()})
     assert torch.equal(torch.cat([first, resumed.decode(z[:, :, 2:])], 2), ours.decode(z))
+
+
+@torch.inference_mode()
+def test_bf16_decode_matches_diffusers_in_bf16(pair):
+    """The VAE also runs in bf16 (fp32 is what the releases use): fp32 latents are cast to the VAE's
+    dtype first, as the pipeline does, and the result follows diffusers' bf16 decode."""
+    import copy
+
+    ref, ours = (copy.deepcopy(m).to(torch.bfloat16) for m in pair)
+    z = latents(2, seed=40)
+    mean, std = (s.to(torch.bfloat16) for s in stats())
+    zb = z.to(torch.bfloat16)  # SanaVideoPipeline: latents.to(vae.dtype), statistics in that dtype
+    expected = ref.decode(zb / (1.0 / std) + mean, return_dict=False)[0]
+    got = ours.decode(z)
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - expected.float()).abs().max().item() <= 1e-2
