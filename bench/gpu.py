@@ -9,7 +9,7 @@ the text encoder is left out (random prompt states: Gemma-2 runs once per reques
 
 Per variant it measures, on a warm model (a first rollout compiles / autotunes and is not timed):
 time to first block, blocks/s and frames/s after it, one denoising forward of a chunk, peak GPU
-memory, and the stream state's bytes. Variants, each where this machine has it (else marked n/a):
+memory, and the per-request bytes of the stream state and of the Wan decoder's causal cache. Variants, each where this machine has it (else marked n/a):
   bf16 with the PyTorch linear attention, bf16 with the Triton kernels, bf16 + torch.compile, bf16 +
   torch.compile with CUDA graphs (mode "reduce-overhead"), NVFP4 weight-only (PyTorch dequantize, Triton
   GEMM) and NVFP4 W4A4 on Blackwell FP4 tensor cores.
@@ -176,7 +176,8 @@ def measure(engine, blocks: int, device) -> dict:
         "frames_per_s": round(sum(counts[1:]) / steady_s, 2) if steady_s > 0 else None,
         "forward_ms": round((time.perf_counter() - t) / 3 * 1000, 2),
         "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-        "state_bytes": state_bytes,
+        "state_bytes": state_bytes,  # the transformer's stream state (linear-attention sums + conv tails)
+        "vae_cache_bytes": rollout.decoder.nbytes,  # the Wan decoder's causal cache, also per request
         "blocks": len(times), "frames": sum(counts),
     }
 
@@ -235,7 +236,8 @@ def main(argv=None) -> int:
 
 
 def format_table(result: dict) -> str:
-    head = ["variant", "weights", "first block s", "blocks/s", "frames/s", "forward ms", "peak GPU GB", "state MB", "status"]
+    head = ["variant", "weights", "first block s", "blocks/s", "frames/s", "forward ms", "peak GPU GB", "state MB",
+            "VAE cache MB", "status"]
     lines = [f"{result['what']} on {result['device']}, {result['size']}, chunks of {result['chunk_frames']} "
              f"latent frames, t = {result['steps']} ({result['total_s']} s)",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -245,7 +247,7 @@ def format_table(result: dict) -> str:
             return "" if v is None else f"{v / scale:.{digits}g}"
         lines.append("| " + " | ".join([r["variant"], r["weights"], f("time_to_first_block_s"), f("blocks_per_s"), f("frames_per_s"),
                                          f("forward_ms"), f("peak_gpu_bytes", 1e9), f("state_bytes", 1e6),
-                                         r["status"]]) + " |")
+                                         f("vae_cache_bytes", 1e6), r["status"]]) + " |")
     return "\n".join(lines)
 
 
