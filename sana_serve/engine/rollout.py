@@ -173,7 +173,7 @@ class Engine:
         A checkpoint with resolution bins (SANA-Video 480p: diffusers' ASPECT_RATIO_480_BIN) serves
         those and the config's size; one without bins serves the config's size in block-causal mode
         (what it streams at) and, like diffusers' pipeline without binning, any multiple of 32 in
-        full-sequence mode."""
+        full-sequence mode, up to the config's pixel count."""
         default = (self.config.video.width, self.config.video.height)
         if self.resolution_bins:
             return [default] + [b for b in self.resolution_bins if b != default]
@@ -186,10 +186,13 @@ class Engine:
     def check_size(self, width: int, height: int) -> None:
         allowed = self.allowed_sizes()
         if allowed is None:
-            m = self.size_multiple
+            m, v = self.size_multiple, self.config.video
             if width < m or height < m or width % m or height % m:
                 raise ValueError(f"size must be WIDTHxHEIGHT with both multiples of {m} for this model, "
                                  f"got {width}x{height}")
+            if width * height > v.width * v.height:  # the config's size bounds the memory a request may take
+                raise ValueError(f"size must have at most {v.width}x{v.height} = {v.width * v.height} pixels for "
+                                 f"this model, got {width}x{height}")
         elif (width, height) not in allowed:
             names = ", ".join(f"{w}x{h}" for w, h in allowed)
             raise ValueError(f"size must be one of {names} for this model, got {width}x{height}")

@@ -152,3 +152,27 @@ def test_full_sequence_progress_per_step_and_same_shape_jobs_share_a_forward(tin
     assert progress == pytest.approx([1 / 5, 2 / 5, 4 / 5, 1.0])
     for got, expected in zip(frames, alone):  # batched rows round differently: a level or two at most
         assert np.abs(np.concatenate(got).astype(int) - expected.astype(int)).max() <= 2
+
+
+@pytest.mark.parametrize("mode,after", [("full_sequence", 1), ("block_causal", 1), ("block_causal", 2)])
+def test_snapshot_between_blocks_resumes_identically(tiny_sana_video_configs, mode, after):
+    """A server checkpoints after every block: full-sequence rollouts then hold clean latents not yet
+    decoded, LongSANA's merged first chunk too (block 1 is its second half); resuming gives the same frames."""
+    from sana_serve.engine import GenerationRequest, load_engine
+    from sana_serve.engine.rollout import Rollout
+
+    engine = load_engine(tiny_sana_video_configs[mode], device="cpu")
+    request = GenerationRequest(PROMPT, None, seed=4, frames=25, num_inference_steps=2 if mode == "full_sequence" else None)
+    whole = [b.frames for b in engine.stream(request)]
+    rollout = Rollout(engine, request)
+    for _ in range(after):
+        rollout.next_block()
+    snapshot = rollout.snapshot()
+    assert (snapshot["ready"] is not None) == (mode == "full_sequence" or after == 1)
+    resumed = Rollout.restore(engine, request, snapshot)
+    rest = []
+    while not resumed.done:
+        rest.append(resumed.next_block().frames)
+    assert len(rest) == len(whole) - after
+    for got, expected in zip(rest, whole[after:]):
+        assert np.array_equal(got, expected)
