@@ -110,6 +110,9 @@ class ModelConfig:
     random_init: dict | None = None  # {seed, transformer: {...}, vae: {...}} when there is no checkpoint
     text_encoder: str = "builtin:minilm-l6"
     text_max_length: int = 64
+    # Gemma-2 checkpoints: lines of the "complex human instruction" put before every prompt (None: the
+    # SanaVideoPipeline's default video instruction, []: none), as encode_prompt's complex_human_instruction
+    text_instruction: list[str] | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -161,6 +164,7 @@ def load_config(name_or_path: str | os.PathLike = DEFAULT_CONFIG) -> ModelConfig
         random_init=data.pop("random_init", None),
         text_encoder=data.pop("text_encoder", "builtin:minilm-l6"),
         text_max_length=int(data.pop("text_max_length", 64)),
+        text_instruction=data.pop("text_instruction", None),
         sampling=_section(SamplingConfig, data.pop("sampling", None), f"{path}: sampling"),
         video=_section(VideoConfig, data.pop("video", None), f"{path}: video"),
         limits=_section(LimitsConfig, data.pop("limits", None), f"{path}: limits"),
@@ -179,6 +183,9 @@ def load_config(name_or_path: str | os.PathLike = DEFAULT_CONFIG) -> ModelConfig
             raise ConfigError(f"{path}: checkpoint {ckpt} has no model_index.json")
     if cfg.checkpoint is None and cfg.checkpoint_repo is None and cfg.random_init is None:
         raise ConfigError(f"{path}: needs a `checkpoint` or `random_init`")
+    if cfg.text_instruction is not None and not (isinstance(cfg.text_instruction, list)
+                                                 and all(isinstance(x, str) for x in cfg.text_instruction)):
+        raise ConfigError(f"{path}: text_instruction must be a list of strings (lines), or absent")
     s = cfg.sampling
     if s.mode not in MODES:
         raise ConfigError(f"{path}: sampling.mode must be one of {', '.join(MODES)}, got {s.mode!r}")

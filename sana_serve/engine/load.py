@@ -145,7 +145,9 @@ def load_engine(config: str | os.PathLike | ModelConfig | None = None, checkpoin
         transformer, vae = build_random_models(cfg)
     tokenizer = root / "tokenizer" if root is not None and (root / "tokenizer").is_dir() else None
     if root is not None and is_diffusers_pipeline(root):  # Gemma-2, prompts exactly as SanaVideoPipeline's
-        text = GemmaPromptEncoder.from_checkpoint(root, device=device, max_sequence_length=cfg.text_max_length)
+        extra = {} if cfg.text_instruction is None else {"instruction": cfg.text_instruction}
+        text = GemmaPromptEncoder.from_checkpoint(root, device=device, max_sequence_length=cfg.text_max_length,
+                                                  **extra)
     else:
         text = TextEncoder(text_path, tokenizer, max_length=cfg.text_max_length, device=device)
     caption = transformer.config["caption_channels"]

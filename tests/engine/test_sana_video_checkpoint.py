@@ -176,3 +176,30 @@ def test_snapshot_between_blocks_resumes_identically(tiny_sana_video_configs, mo
     assert len(rest) == len(whole) - after
     for got, expected in zip(rest, whole[after:]):
         assert np.array_equal(got, expected)
+
+
+def test_config_instruction_overrides_the_default(tiny_sana_video, tiny_sana_video_configs, tmp_path):
+    """`text_instruction: []` in a config: prompts encoded without the pipeline's instruction, as
+    SanaVideoPipeline(..., complex_human_instruction=[]) does."""
+    import yaml
+
+    data = yaml.safe_load(tiny_sana_video_configs["full_sequence"].read_text())
+    config = tmp_path / "no-instruction.yaml"
+    config.write_text(yaml.safe_dump({**data, "text_instruction": []}))
+    got, _ = generate(tmp_path, "--config", str(config), "--frames", "5", "--seed", "2", "--steps", "2",
+                      "--guidance", "3")
+    pipe = tiny_sana_video["pipe"]
+    out = pipe(PROMPT, height=tiny.HEIGHT, width=tiny.WIDTH, frames=5, num_inference_steps=2, guidance_scale=3.0,
+               use_resolution_binning=False, complex_human_instruction=[], output_type="np",
+               generator=torch.Generator("cpu").manual_seed(2)).frames[0]
+    assert_same_frames(got, (out * 255).round().clip(0, 255).astype("uint8"))
+    with_default = tiny.diffusers_frames(pipe, PROMPT, 5, 2, 2, 3.0)
+    assert np.abs(with_default.astype(int) - got.astype(int)).max() > 2  # the instruction matters
+
+
+def test_offline_hub_checkpoint_is_one_clear_line(tmp_path, capsys):
+    repo = "Efficient-Large-Model/SANA-Video_2B_480p_diffusers"
+    assert main(["generate", "--prompt", PROMPT, "--checkpoint", repo, "--frames", "81",
+                 "--out", str(tmp_path / "x.mp4")]) == 2  # tests run with HF_HUB_OFFLINE=1 (tests/conftest.py)
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"hf download {repo} --local-dir DIR" in err and "--checkpoint DIR" in err
