@@ -102,3 +102,18 @@ def test_realtime_is_refused_on_full_sequence_and_runs_on_block_causal(servers):
         block = next_of(ws, "video.block")
         assert block["index"] == 0 and block["frame_count"] == 1 + 4 * (2 - 1)  # the first latent frame alone
         ws.send(json.dumps({"type": "session.stop"}))
+
+
+def test_full_sequence_progress_moves_while_denoising(servers):
+    """All blocks of a full-sequence job finish together at the end of denoising: the video object's
+    progress moves per denoising step before any block exists."""
+    with servers["full_sequence"].client() as client:
+        r = client.post("/v1/videos", json={"prompt": PROMPT, "size": SIZE, "frames": 9, "num_inference_steps": 50})
+        assert r.status_code == 200, r.text
+        seen = []
+        video = wait_for(client, r.json()["id"], lambda v: (seen.append((v["progress"], v["blocks_completed"]))
+                                                            or finished(v)), interval=0.01)
+        assert video["status"] == "completed"
+    before_any_block = [p for p, blocks in seen if blocks == 0]
+    assert any(0 < p < 100 for p in before_any_block), seen
+    assert [p for p, _ in seen] == sorted(p for p, _ in seen)  # never goes backwards
