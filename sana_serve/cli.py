@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +24,26 @@ def _positive_seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"--seconds must be a positive number, got {text}")
     return value
+
+
+def _frames(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--frames must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--frames must be a positive integer, got {text}")
+    return value
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size must be WIDTHxHEIGHT, e.g. 832x480, got {text!r}") from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"--size must be WIDTHxHEIGHT with positive sides, got {text}")
+    return width, height
 
 
 def _seed(text: str) -> int:
@@ -54,13 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sana-serve", description="Streaming text-to-video with block-causal linear DiTs")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    g = sub.add_parser("generate", help="generate one video to an MP4 file")
+    g = sub.add_parser("generate", help="generate one video to an MP4 file (or raw frames to .npy)")
     g.add_argument("--prompt", required=True)
-    g.add_argument("--seconds", type=_positive_seconds, required=True)
+    length = g.add_mutually_exclusive_group(required=True)
+    length.add_argument("--seconds", type=_positive_seconds,
+                        help="video length; the frame count is the nearest the model can make (README)")
+    length.add_argument("--frames", type=_frames, help="exact frame count (Wan VAE models: 1 + 4k, e.g. 81)")
+    g.add_argument("--size", type=_size, help="WIDTHxHEIGHT (default: the config's; the checkpoint's resolution bins)")
     g.add_argument("--seed", type=_seed, default=0)
-    g.add_argument("--out", type=Path, required=True, help="output .mp4 path")
-    g.add_argument("--config", default="shapes-tiny", help="config name in configs/ or a .yaml path")
-    g.add_argument("--checkpoint", type=Path, help="checkpoint directory (Hugging Face layout), overrides the config's")
+    g.add_argument("--out", type=Path, required=True,
+                   help="output .mp4, or .npy for the raw uint8 frames (T, H, W, 3)")
+    g.add_argument("--config", default=None,
+                   help="config name in configs/ or a .yaml path (default: shapes-tiny, or the release config "
+                        "matching a diffusers --checkpoint)")
+    g.add_argument("--checkpoint", help="checkpoint directory (Hugging Face layout) or a Hub repo id, "
+                                        "overrides the config's")
     g.add_argument("--precision", choices=["fp32", "bf16", "nvfp4"], default="fp32",
                    help="nvfp4: quantize the transformer blocks' weights on load (a quantized --checkpoint stays packed)")
     g.add_argument("--kernels", choices=["auto", "triton", "torch"], default="auto",
@@ -216,61 +245,84 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    import numpy as np
     from tqdm import tqdm
 
     from sana_serve.engine import GenerationRequest, load_engine
     from sana_serve.engine.quantize import memory_report
     from sana_serve.engine.video import Mp4Writer
 
-    if args.out.suffix.lower() != ".mp4":
-        raise UsageError(f"--out must end in .mp4, got {args.out}")
+    from sana_serve.engine.config import is_hub_repo_id
+    from sana_serve.engine.rollout import Rollout
+
+    out_kind = args.out.suffix.lower()
+    if out_kind not in (".mp4", ".npy"):
+        raise UsageError(f"--out must end in .mp4 (video) or .npy (raw uint8 frames), got {args.out}")
     _check_writable(args.out, "--out")
     if args.report is not None:
         _check_writable(args.report, "--report")
-    if args.checkpoint is not None and not (args.checkpoint / "model_index.json").is_file():
-        raise UsageError(f"--checkpoint {args.checkpoint} is not a checkpoint directory (no model_index.json)")
+    if args.checkpoint is not None and not is_hub_repo_id(args.checkpoint) \
+            and not (Path(args.checkpoint) / "model_index.json").is_file():
+        raise UsageError(f"--checkpoint {args.checkpoint} is not a checkpoint directory (no model_index.json) "
+                         f"nor a Hub repo id (owner/name)")
 
     t_load = time.perf_counter()
     engine = load_engine(args.config, checkpoint=args.checkpoint, device=args.device, precision=args.precision,
                          compile=args.compile, kernels=args.kernels)
     load_s = time.perf_counter() - t_load
-    req = GenerationRequest(prompt=args.prompt, seconds=args.seconds, seed=args.seed,
+    width, height = args.size or (None, None)
+    req = GenerationRequest(prompt=args.prompt, seconds=args.seconds, frames=args.frames, seed=args.seed,
                             negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-                            guidance_scale=args.guidance)
+                            guidance_scale=args.guidance, width=width, height=height)
     try:
         engine.validate(req)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
     video = engine.config.video
-    total = engine.total_frames(args.seconds)
-    blocks, state_bytes = [], 0
+    width, height = engine.request_size(req)
+    total = engine.request_frames(req)
+    seconds = total / video.fps
+    blocks, state_bytes, frames = [], 0, []
     start = time.perf_counter()
     first_block_s = None
-    bar = tqdm(total=total, unit="frame", desc="generating", disable=args.quiet, file=sys.stderr)
-    with Mp4Writer(args.out, video.width, video.height, video.fps) as writer:
-        for block in engine.stream(req):
+    rollout = Rollout(engine, req)
+    # full-sequence models spend most of the time denoising the whole clip: the bar counts those steps too
+    bar = tqdm(total=100, unit="%", desc="generating", disable=args.quiet, file=sys.stderr,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total}% [{elapsed}<{remaining}{postfix}]")
+    writer = Mp4Writer(args.out, width, height, video.fps) if out_kind == ".mp4" else contextlib.nullcontext()
+    with writer:
+        while not rollout.done:
+            block = engine.step([rollout])[0]
+            bar.update(100 * rollout.progress - bar.n)
+            if block is None:
+                continue
             if first_block_s is None:
                 first_block_s = time.perf_counter() - start
-            writer.write(block.frames)
+            if out_kind == ".mp4":
+                writer.write(block.frames)
+            else:
+                frames.append(block.frames)
             blocks.append({"index": block.index, "frames": block.frame_count, "seconds": round(block.seconds, 6)})
             state_bytes = block.state_bytes
-            bar.update(block.frame_count)
-            bar.set_postfix(block=f"{block.index + 1}/{block.num_blocks}")
+            bar.set_postfix(block=f"{block.index + 1}/{block.num_blocks}", frames=rollout.next_frame)
     bar.close()
+    if out_kind == ".npy":
+        np.save(args.out, np.concatenate(frames))
     total_s = time.perf_counter() - start
 
     report = {
         "config": engine.config.name,
         "checkpoint": str(engine.config.checkpoint) if engine.config.checkpoint else None,
         "random_weights": engine.config.checkpoint is None,
-        "prompt": args.prompt, "seconds": args.seconds, "seed": args.seed, "fps": video.fps,
+        "mode": engine.mode, "size": f"{width}x{height}",
+        "prompt": args.prompt, "seconds": seconds, "seed": args.seed, "fps": video.fps,
         "frames": sum(b["frames"] for b in blocks),
         "blocks": blocks,
         "time_to_first_block_s": round(first_block_s, 6),
         "total_s": round(total_s, 6),
         "load_s": round(load_s, 6),
-        "realtime_factor": round(args.seconds / total_s, 4),
+        "realtime_factor": round(seconds / total_s, 4),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "state_bytes": state_bytes,
         "precision": args.precision,

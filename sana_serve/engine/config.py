@@ -27,6 +27,26 @@ def _data_dir(name: str) -> Path:
 
 CONFIG_DIR = _data_dir("configs")
 DEFAULT_CONFIG = "shapes-tiny"
+MODES = ("block_causal", "full_sequence")
+
+# The sizes a SANA-Video checkpoint was trained at, as diffusers' SanaVideoPipeline keys them: by the
+# transformer's `sample_size` (30: 480p, ASPECT_RATIO_480_BIN). (width, height), diffusers lists (h, w).
+_RESOLUTION_BINS = {
+    30: [(896, 448), (832, 480), (768, 528), (720, 560), (624, 624), (592, 672), (560, 720), (528, 768),
+         (496, 816), (480, 832), (448, 896)],
+}
+
+
+def resolution_bins(sample_size: int | None) -> list[tuple[int, int]] | None:
+    """The checkpoint's resolution bins, or None when it has none (the built-in model, tiny test models)."""
+    return _RESOLUTION_BINS.get(sample_size)
+
+
+def is_hub_repo_id(text: str) -> bool:
+    """'owner/name' that is not a local path: a Hugging Face Hub repository to download from."""
+    parts = str(text).split("/")
+    return (len(parts) == 2 and all(parts) and not str(text).startswith((".", "~"))
+            and not Path(text).exists())
 
 
 class ConfigError(ValueError):
@@ -35,6 +55,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class SamplingConfig:
+    # block_causal: chunk by chunk through the stream state (LongSANA, the built-in model);
+    # full_sequence: all latent frames denoised together (bidirectional SANA-Video), then streamed out
+    mode: str = "block_causal"
     chunk_frames: int = 4  # latent frames per streamed block
     steps: int = 4  # denoising steps per chunk
     # steps for the first chunk (None = `steps`): it starts from an empty state, so position and
@@ -45,6 +68,12 @@ class SamplingConfig:
     guidance_scale: float = 1.0
     timesteps: list[float] | None = None  # explicit per-chunk schedule (0..1000), overrides steps/shift
     window_chunks: int | None = None  # remember only the last N chunks (None = all)
+    # block_causal: the remainder joins the first denoising chunk (LongSANA's reference: 21 latent
+    # frames in chunks of 10 -> 11 + 10) instead of being a short chunk of its own (the built-in model)
+    merge_remainder: bool = False
+    # with `timesteps`: call the model at those t but predict x0 / re-noise at the nearest sigma of the
+    # shifted 1000-step grid, as LongSANA's reference sampler does (sampler.snapped_sigmas)
+    snap_timesteps: bool = False
 
     def block_steps(self, requested: int | None = None) -> tuple[int, int]:
         """(first block's, later blocks') denoising steps for a request that asked for `requested`
@@ -77,9 +106,13 @@ class LimitsConfig:
 class ModelConfig:
     name: str
     checkpoint: Path | None = None
+    checkpoint_repo: str | None = None  # a Hugging Face Hub repo id, resolved (downloaded) by load_engine
     random_init: dict | None = None  # {seed, transformer: {...}, vae: {...}} when there is no checkpoint
     text_encoder: str = "builtin:minilm-l6"
     text_max_length: int = 64
+    # Gemma-2 checkpoints: lines of the "complex human instruction" put before every prompt (None: the
+    # SanaVideoPipeline's default video instruction, []: none), as encode_prompt's complex_human_instruction
+    text_instruction: list[str] | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -87,7 +120,7 @@ class ModelConfig:
 
     @property
     def is_random(self) -> bool:
-        return self.checkpoint is None
+        return self.checkpoint is None and self.checkpoint_repo is None
 
 
 def _section(cls, data, where):
@@ -131,6 +164,7 @@ def load_config(name_or_path: str | os.PathLike = DEFAULT_CONFIG) -> ModelConfig
         random_init=data.pop("random_init", None),
         text_encoder=data.pop("text_encoder", "builtin:minilm-l6"),
         text_max_length=int(data.pop("text_max_length", 64)),
+        text_instruction=data.pop("text_instruction", None),
         sampling=_section(SamplingConfig, data.pop("sampling", None), f"{path}: sampling"),
         video=_section(VideoConfig, data.pop("video", None), f"{path}: video"),
         limits=_section(LimitsConfig, data.pop("limits", None), f"{path}: limits"),
@@ -143,11 +177,18 @@ def load_config(name_or_path: str | os.PathLike = DEFAULT_CONFIG) -> ModelConfig
         ckpt = (path.parent / checkpoint).resolve()
         if (ckpt / "model_index.json").is_file():
             cfg.checkpoint = ckpt
+        elif is_hub_repo_id(checkpoint):
+            cfg.checkpoint_repo = str(checkpoint)
         elif cfg.random_init is None:
             raise ConfigError(f"{path}: checkpoint {ckpt} has no model_index.json")
-    if cfg.checkpoint is None and cfg.random_init is None:
+    if cfg.checkpoint is None and cfg.checkpoint_repo is None and cfg.random_init is None:
         raise ConfigError(f"{path}: needs a `checkpoint` or `random_init`")
+    if cfg.text_instruction is not None and not (isinstance(cfg.text_instruction, list)
+                                                 and all(isinstance(x, str) for x in cfg.text_instruction)):
+        raise ConfigError(f"{path}: text_instruction must be a list of strings (lines), or absent")
     s = cfg.sampling
+    if s.mode not in MODES:
+        raise ConfigError(f"{path}: sampling.mode must be one of {', '.join(MODES)}, got {s.mode!r}")
     if s.sampler not in SAMPLERS:
         raise ConfigError(f"{path}: sampling.sampler must be one of {', '.join(SAMPLERS)}")
     if s.chunk_frames < 1 or s.steps < 1:

@@ -1,6 +1,7 @@
 """Build an Engine from a config (and optionally a checkpoint directory that overrides it)."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -8,11 +9,11 @@ from pathlib import Path
 import torch
 
 from sana_serve.engine.checkpoint import load_transformer, read_config
-from sana_serve.engine.config import ConfigError, ModelConfig, load_config
-from sana_serve.engine.model.text_encoder import TextEncoder
+from sana_serve.engine.config import ConfigError, ModelConfig, is_hub_repo_id, load_config
+from sana_serve.engine.model.text_encoder import GemmaPromptEncoder, TextEncoder
 from sana_serve.engine.model.nvfp4 import NVFP4Linear
 from sana_serve.engine.model.transformer import SanaVideoTransformer
-from sana_serve.engine.model.vae import CausalVideoVAE, load_vae
+from sana_serve.engine.model.vae import CausalVideoVAE, load_vae, vae_classes
 from sana_serve.engine.rollout import Engine
 
 log = logging.getLogger("sana_serve.engine")
@@ -48,15 +49,64 @@ def default_device() -> torch.device:
 
 
 def build_random_models(cfg: ModelConfig) -> tuple[SanaVideoTransformer, CausalVideoVAE]:
-    """Seeded random weights at the config's shape: lets everything run before a model is trained."""
+    """Seeded random weights at the config's shape: lets everything run before a model is trained.
+    `random_init.vae._class_name` picks the VAE class (default: the built-in CausalVideoVAE)."""
     spec = cfg.random_init or {}
     torch.manual_seed(int(spec.get("seed", 0)))
     transformer = SanaVideoTransformer(**spec.get("transformer", {}))
-    vae = CausalVideoVAE(**spec.get("vae", {}))
+    vae_spec = dict(spec.get("vae", {}))
+    vae_class = vae_classes()[vae_spec.pop("_class_name", "CausalVideoVAE")]
+    vae = vae_class(**vae_spec)
     return transformer, vae
 
 
-def load_engine(config: str | os.PathLike | ModelConfig = "shapes-tiny", checkpoint: str | os.PathLike | None = None,
+def is_diffusers_pipeline(root: Path) -> bool:
+    """A SanaVideoPipeline checkpoint as diffusers saves it (the releases), not one sana-serve wrote."""
+    index = json.loads((root / "model_index.json").read_text())
+    return index.get("_class_name") == "SanaVideoPipeline" and not index.get("_sana_serve")
+
+
+def default_config_name(checkpoint: str | os.PathLike | None) -> str:
+    """The config a `--checkpoint` runs with when no --config is given: the release configs for
+    diffusers SanaVideoPipeline checkpoints and Hub repo ids (LongSANA when the name says LongLive, as
+    the release's does), else the built-in model's."""
+    if checkpoint is None:
+        return "shapes-tiny"
+    name = str(checkpoint)
+    root = Path(checkpoint)
+    if (root / "model_index.json").is_file():
+        if not is_diffusers_pipeline(root):
+            return "shapes-tiny"
+    elif not is_hub_repo_id(name):
+        return "shapes-tiny"
+    return "longsana-2b-480p" if "longlive" in name.lower() else "sana-video-2b-480p"
+
+
+def resolve_checkpoint(spec: str | os.PathLike) -> Path:
+    """A local checkpoint directory, or a Hugging Face Hub repo id: from the local Hub cache if it is
+    there, else downloaded with huggingface_hub. Offline: one line saying how to get it."""
+    path = Path(spec)
+    if path.is_dir() or not is_hub_repo_id(str(spec)):
+        if not (path / "model_index.json").is_file():
+            raise ConfigError(f"checkpoint {path} is not a checkpoint directory (no model_index.json)")
+        return path
+    from huggingface_hub import snapshot_download
+
+    repo = str(spec)
+    try:
+        return Path(snapshot_download(repo, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache: download it
+        pass
+    try:
+        return Path(snapshot_download(repo))
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, no access: say how to get it
+        raise ConfigError(
+            f"checkpoint {repo} is not in the local Hugging Face cache and could not be downloaded "
+            f"({type(e).__name__}); on a machine with internet run `hf download {repo} --local-dir DIR` "
+            f"and pass --checkpoint DIR") from None
+
+
+def load_engine(config: str | os.PathLike | ModelConfig | None = None, checkpoint: str | os.PathLike | None = None,
                 device: str | torch.device | None = None, precision: str = "fp32", compile: bool = False,
                 kernels: str = "auto", batch_invariant: bool = True) -> Engine:
     """`compile=True` runs the chunk forward through torch.compile: fused element-wise kernels, less
@@ -65,15 +115,25 @@ def load_engine(config: str | os.PathLike | ModelConfig = "shapes-tiny", checkpo
     kernels: "auto" (Triton on CUDA, PyTorch on CPU), "triton" or "torch" for the chunk path's linear
     attention and the NVFP4 layers (engine.quantize.set_kernels).
 
-    batch_invariant: a request's frames are the same whatever it is batched with (Engine)."""
+    batch_invariant: a request's frames are the same whatever it is batched with (Engine).
+
+    config None: the built-in model's, or for a diffusers SanaVideoPipeline checkpoint the matching
+    release config (default_config_name). checkpoint: a directory or a Hub repo id."""
+    if config is None:
+        config = default_config_name(checkpoint)
+    root = resolve_checkpoint(checkpoint) if checkpoint is not None else None
     cfg = config if isinstance(config, ModelConfig) else load_config(config)
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cpu":
         keep_freed_memory()
-    root = Path(checkpoint) if checkpoint is not None else cfg.checkpoint
+    if root is None:
+        root = resolve_checkpoint(cfg.checkpoint_repo) if cfg.checkpoint is None and cfg.checkpoint_repo else cfg.checkpoint
     text_path = cfg.text_encoder
+    if text_path == "checkpoint" and (root is None or not (root / "text_encoder").is_dir()):
+        raise ConfigError(f"config {cfg.name} takes its text encoder from the checkpoint, and "
+                          f"{root or 'its (missing) checkpoint'} has no text_encoder/")
     if root is not None:
         if not (root / "model_index.json").is_file():
             raise ConfigError(f"checkpoint {root} has no model_index.json")
@@ -86,7 +146,12 @@ def load_engine(config: str | os.PathLike | ModelConfig = "shapes-tiny", checkpo
         log.warning("config %s has no trained checkpoint: running RANDOM (untrained) weights at its shape", cfg.name)
         transformer, vae = build_random_models(cfg)
     tokenizer = root / "tokenizer" if root is not None and (root / "tokenizer").is_dir() else None
-    text = TextEncoder(text_path, tokenizer, max_length=cfg.text_max_length, device=device)
+    if root is not None and is_diffusers_pipeline(root):  # Gemma-2, prompts exactly as SanaVideoPipeline's
+        extra = {} if cfg.text_instruction is None else {"instruction": cfg.text_instruction}
+        text = GemmaPromptEncoder.from_checkpoint(root, device=device, max_sequence_length=cfg.text_max_length,
+                                                  **extra)
+    else:
+        text = TextEncoder(text_path, tokenizer, max_length=cfg.text_max_length, device=device)
     caption = transformer.config["caption_channels"]
     if text.hidden_size != caption:
         raise ConfigError(f"text encoder is {text.hidden_size} wide but the transformer expects {caption}")
@@ -107,4 +172,9 @@ def load_engine(config: str | os.PathLike | ModelConfig = "shapes-tiny", checkpo
     log.debug("chunk linear attention kernels: %s", attention)
     if compile:
         transformer.forward_chunk = torch.compile(transformer.forward_chunk, dynamic=False)
-    return Engine(transformer, vae.to(device), text, cfg, device, batch_invariant=batch_invariant)
+    scheduler = None
+    if cfg.sampling.mode == "full_sequence" and root is not None and (root / "scheduler").is_dir():
+        from sana_serve.engine.scheduler import load_scheduler
+
+        scheduler = load_scheduler(root)  # the checkpoint's own (DPM-Solver++ with flow sigmas for SANA-Video)
+    return Engine(transformer, vae.to(device), text, cfg, device, scheduler=scheduler, batch_invariant=batch_invariant)

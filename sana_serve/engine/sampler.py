@@ -40,6 +40,22 @@ def make_sigmas(steps: int, shift: float, timesteps: list[float] | None = None) 
     return shift_sigmas(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)
 
 
+def snapped_sigmas(timesteps: list[float], shift: float) -> tuple[torch.Tensor, list[float]]:
+    """LongSANA's few-step schedule as its reference sampler runs it (NVlabs/Sana
+    longlive_flow_euler_sampler.py): the model is called at the listed timesteps (1000, 960, 889,
+    727), while predicting x0 and re-noising use the noise level of the nearest point of the 1000-step
+    shifted training grid (`FlowMatchScheduler(shift, sigma_min=0, extra_one_step=True)`, float32).
+    Returns (sigmas + [0] in fp64, model timesteps)."""
+    grid = torch.linspace(1.0, 0.0, 1001)[:-1]  # float32, as the reference builds it
+    grid = shift * grid / (1 + (shift - 1) * grid)
+    grid_t = grid * 1000
+    snapped = [grid[torch.argmin((grid_t - float(t)).abs())].item() for t in timesteps]
+    sig = torch.tensor(snapped + [0.0], dtype=torch.float64)
+    if not torch.all(sig[1:] < sig[:-1]):
+        raise ValueError(f"timesteps must be strictly decreasing, got {timesteps}")
+    return sig, [float(t) for t in timesteps]
+
+
 class ChunkSampler:
     """One chunk's integration from noise to x0, one model call at a time.
 
@@ -49,11 +65,12 @@ class ChunkSampler:
     """
 
     def __init__(self, noise: torch.Tensor, sigmas: torch.Tensor, sampler: str = "euler",
-                 renoise: Callable[[int], torch.Tensor] | None = None):
+                 renoise: Callable[[int], torch.Tensor] | None = None, model_timesteps: list[float] | None = None):
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
         self.x = noise  # at σ=1 the sample is pure noise
         self.sigmas, self.sampler, self.renoise = sigmas, sampler, renoise
+        self.model_timesteps = model_timesteps  # the model's t per step, when it is not 1000·σ (snapped_sigmas)
         self.step = 0
         self.steps = len(sigmas) - 1
         self._prev_x0: torch.Tensor | None = None
@@ -64,8 +81,8 @@ class ChunkSampler:
 
     def timestep(self) -> torch.Tensor:
         """Model timestep 1000·σ for every row of x, shape (B,)."""
-        s = self.sigmas[self.step].item()
-        return torch.full((self.x.shape[0],), 1000.0 * s, dtype=torch.float32, device=self.x.device)
+        t = 1000.0 * self.sigmas[self.step].item() if self.model_timesteps is None else self.model_timesteps[self.step]
+        return torch.full((self.x.shape[0],), t, dtype=torch.float32, device=self.x.device)
 
     def advance(self, v: torch.Tensor) -> None:
         i, x, sigmas = self.step, self.x, self.sigmas

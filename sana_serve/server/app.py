@@ -155,9 +155,12 @@ class Guard:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def to_video(job: Job) -> Video:
+def to_video(job: Job, worker: Worker | None = None) -> Video:
     error = VideoError(code=job.error_code or "error", message=job.error_message or "") if job.error_code else None
-    return Video(id=job.id, model=job.model, status=job.status, progress=job.progress,
+    progress = job.progress
+    if worker is not None and job.status == "in_progress":  # per denoising step while it runs here
+        progress = max(progress, worker.live_progress(job.id) or 0)
+    return Video(id=job.id, model=job.model, status=job.status, progress=progress,
                  created_at=int(job.created_at), completed_at=None if job.completed_at is None else int(job.completed_at),
                  expires_at=None if job.expires_at is None else math.ceil(job.expires_at), prompt=job.prompt,
                  size=job.size, seconds=format_seconds(job.seconds), error=error, seed=job.seed,
@@ -212,7 +215,8 @@ async def _read_create_body(request: Request) -> dict:
     return data
 
 
-_ENGINE_PARAMS = ("prompt", "negative_prompt", "seconds", "num_inference_steps", "guidance_scale", "seed")
+_ENGINE_PARAMS = ("prompt", "negative_prompt", "seconds", "frames", "size", "num_inference_steps", "guidance_scale",
+                  "seed")
 
 
 def _create_request_body() -> dict:
@@ -243,14 +247,17 @@ async def create_video(request: Request) -> Video:
                        else f"the model failed to load: {worker.load_error}", None, "model_not_ready",
                        "server_error", {"Retry-After": "5"})
     seed = params["seed"] if params["seed"] is not None else secrets.randbelow(2**31)
+    width, height = (int(v) for v in params["size"].split("x"))
+    gen = GenerationRequest(params["prompt"], params["seconds"], seed, params["negative_prompt"],
+                                 params["num_inference_steps"], params["guidance_scale"], frames=params["frames"],
+                                 width=width, height=height)
     try:
-        worker.validate(GenerationRequest(params["prompt"], params["seconds"], seed, params["negative_prompt"],
-                                          params["num_inference_steps"], params["guidance_scale"]))
-    except ValueError as e:  # the engine's own check, as a backstop: name the field it complains about
+        worker.validate(gen)
+    except ValueError as e:  # the engine's checks (frame rule, sizes): name the field it complains about
         word = str(e).split(" ")[0].split("=")[0]
         raise APIError(400, str(e), word if word in _ENGINE_PARAMS else None, "invalid_value") from None
     job = Job(id=new_job_id(), model=state.model_config.name, prompt=params["prompt"], seconds=params["seconds"],
-              size=params["size"], seed=seed, num_blocks=worker.plan_blocks(params["seconds"]),
+              size=params["size"], seed=seed, num_blocks=len(worker.engine.plan_blocks(gen)),
               negative_prompt=params["negative_prompt"], num_inference_steps=params["num_inference_steps"],
               guidance_scale=params["guidance_scale"], priority=params["priority"])
     try:
@@ -261,7 +268,7 @@ async def create_video(request: Request) -> Video:
                        "rate_limit_error", {"Retry-After": str(worker.retry_after())}) from None
     worker.notify()
     log.info("job queued: %d blocks, %gs, seed %d", job.num_blocks, job.seconds, seed, extra={"job_id": job.id})
-    return to_video(job)
+    return to_video(job, request.app.state.worker)
 
 
 @videos.get("/videos", response_model=VideoList, summary="List video jobs")
@@ -273,7 +280,7 @@ async def list_videos(request: Request,
     jobs, has_more = request.app.state.store.list(after, limit, order)
     if after is not None and not jobs and request.app.state.store.get(after) is None:
         raise APIError(400, f"after: no video with id {after!r}", "after", "not_found")
-    data = [to_video(j) for j in jobs]
+    data = [to_video(j, request.app.state.worker) for j in jobs]
     return VideoList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
                      has_more=has_more)
 
@@ -283,7 +290,7 @@ async def retrieve_video(request: Request, video_id: str, response: Response) ->
     job = _job_or_404(request, video_id)
     if job.status in ("queued", "in_progress"):
         response.headers["openai-poll-after-ms"] = "500"  # the openai SDK's poll() honours this
-    return to_video(job)
+    return to_video(job, request.app.state.worker)
 
 
 @videos.delete("/videos/{video_id}", response_model=VideoDeleted, summary="Delete a video job (cancels it if running)")
@@ -326,7 +333,7 @@ async def cancel_video(request: Request, video_id: str) -> Video:
     else:
         await _wait_released(released)
     log.info("job cancelled", extra={"job_id": video_id})
-    return to_video(state.store.get(video_id) or job)
+    return to_video(state.store.get(video_id) or job, request.app.state.worker)
 
 
 @videos.get("/videos/{video_id}/content", summary="Download the MP4 (or its thumbnail)",
@@ -422,7 +429,10 @@ def _make_hub(files: JobFiles):
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
-    model_config = load_config(settings.config)  # fast (YAML); fails early on a bad --config
+    from sana_serve.engine.load import default_config_name
+
+    # fast (YAML); fails early on a bad --config. None: the one that matches --checkpoint
+    model_config = load_config(settings.config or default_config_name(settings.checkpoint))
 
     def load():
         from sana_serve.engine.load import load_engine

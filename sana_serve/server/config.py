@@ -22,7 +22,8 @@ def keys_from_env(environ: dict | None = None) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    config: str = "shapes-tiny"  # model config name in configs/ or a .yaml path
+    config: str | None = None  # model config name in configs/ or a .yaml path; None: shapes-tiny, or the
+    # release config matching a diffusers --checkpoint (engine.load.default_config_name)
     data_dir: Path = Path("data")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -92,7 +93,8 @@ def add_serve_arguments(p) -> None:
     """The `sana-serve serve` options (argparse); see ServerSettings for what each means."""
     d = ServerSettings()
     p.add_argument("--config", default=d.config, help="model config name in configs/ or a .yaml path")
-    p.add_argument("--checkpoint", help="checkpoint directory (Hugging Face layout), overrides the config's")
+    p.add_argument("--checkpoint", help="checkpoint directory (Hugging Face layout) or a Hub repo id, "
+                                        "overrides the config's")
     p.add_argument("--host", default=d.host)
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--data-dir", default=str(d.data_dir), help="job database and video files (created if missing)")

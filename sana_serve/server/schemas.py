@@ -50,8 +50,12 @@ class CreateVideoRequest(BaseModel):
 
     prompt: str = Field(description="What the video shows.")
     model: Optional[str] = Field(None, description="Model name; defaults to the served model.")
-    seconds: Union[str, float, None] = Field(None, description="Duration in seconds (string or number).")
-    size: Optional[str] = Field(None, description="'WxH'; must equal the served model's size.")
+    seconds: Union[str, float, None] = Field(None, description="Duration in seconds (string or number); the "
+                                             "frame count is the nearest the model makes (Wan VAE: 1 + 4k).")
+    frames: Optional[int] = Field(None, description="Extension: exact frame count instead of seconds "
+                                                    "(Wan VAE models: 1 + 4k, e.g. 81).")
+    size: Optional[str] = Field(None, description="'WxH': the served model's size, or one of its checkpoint's "
+                                                  "resolution bins.")
     negative_prompt: str = Field("", description="Extension: what to steer away from (with guidance > 1).")
     seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="Extension: noise seed (random if unset).")
     num_inference_steps: Optional[int] = Field(None, description="Extension: denoising steps per block.")
@@ -99,10 +103,20 @@ def validate_create(req: CreateVideoRequest, cfg: ModelConfig, default_seconds: 
     if req.model is not None and req.model != cfg.name:
         raise APIError(400, f"model {req.model[:80]!r} is not served here; this server serves {cfg.name!r}",
                        "model", "model_not_found")
+    if req.frames is not None:
+        if req.seconds is not None:
+            raise APIError(400, "give seconds or frames, not both", "frames", "invalid_value")
+        if req.frames < 1:
+            raise APIError(400, f"frames must be a positive integer, got {req.frames}", "frames", "invalid_value")
+        if req.frames > lim.max_seconds * video.fps:
+            raise APIError(400, f"frames must be at most {int(lim.max_seconds * video.fps)} for this model, got "
+                                f"{req.frames}", "frames", "invalid_value")
     try:
         seconds = default_seconds if req.seconds is None else parse_seconds(req.seconds)
     except (ValueError, TypeError, OverflowError) as e:
         raise APIError(400, str(e), "seconds", "invalid_value") from None
+    if req.frames is not None:
+        seconds = req.frames / video.fps  # stored as seconds: the engine maps it back to exactly `frames`
     if seconds <= 0:
         raise APIError(400, f"seconds must be positive, got {seconds:g}", "seconds", "invalid_value")
     if seconds > lim.max_seconds:
@@ -112,9 +126,12 @@ def validate_create(req: CreateVideoRequest, cfg: ModelConfig, default_seconds: 
         raise APIError(400, f"seconds={seconds:g} is shorter than one frame at {video.fps} fps",
                        "seconds", "invalid_value")
     size = f"{video.width}x{video.height}"
-    if req.size is not None and req.size.strip().lower() != size:
-        raise APIError(400, f"size must be {size!r} for model {cfg.name!r}, got {req.size[:40]!r}",
-                       "size", "invalid_value")
+    if req.size is not None:  # which sizes the model serves is the engine's to say (its checkpoint's bins)
+        m = re.fullmatch(r"\s*(\d{1,5})x(\d{1,5})\s*", req.size.lower())
+        if m is None or int(m[1]) < 1 or int(m[2]) < 1:
+            raise APIError(400, f"size must be 'WIDTHxHEIGHT' (the served model's is {size!r}), got {req.size[:40]!r}",
+                           "size", "invalid_value")
+        size = f"{int(m[1])}x{int(m[2])}"
     if req.fps is not None and req.fps != video.fps:
         raise APIError(400, f"fps must be {video.fps} for model {cfg.name!r}, got {req.fps}", "fps", "invalid_value")
     steps = req.num_inference_steps
@@ -126,7 +143,8 @@ def validate_create(req: CreateVideoRequest, cfg: ModelConfig, default_seconds: 
         raise APIError(400, f"guidance_scale must be between {lim.min_guidance:g} and {lim.max_guidance:g}, got {g}",
                        "guidance_scale", "invalid_value")
     return {
-        "prompt": req.prompt, "negative_prompt": req.negative_prompt, "seconds": seconds, "size": size,
+        "prompt": req.prompt, "negative_prompt": req.negative_prompt, "seconds": seconds, "frames": req.frames,
+        "size": size,
         "seed": req.seed, "num_inference_steps": steps, "guidance_scale": g, "priority": req.priority,
     }
 

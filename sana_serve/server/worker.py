@@ -103,9 +103,10 @@ class _Active:
 
 
 def job_request(job: Job) -> GenerationRequest:
+    width, height = (int(v) for v in job.size.split("x"))
     return GenerationRequest(prompt=job.prompt, seconds=job.seconds, seed=job.seed,
                              negative_prompt=job.negative_prompt, num_inference_steps=job.num_inference_steps,
-                             guidance_scale=job.guidance_scale)
+                             guidance_scale=job.guidance_scale, width=width, height=height)
 
 
 class Worker:
@@ -153,11 +154,15 @@ class Worker:
 
     def plan_blocks(self, seconds: float) -> int:
         """How many blocks a video of `seconds` has (needs the loaded model's VAE)."""
-        from sana_serve.engine.rollout import chunk_plan
+        return len(self.engine.plan_blocks(GenerationRequest("", seconds)))
 
-        e = self.engine
-        sizes, _ = chunk_plan(e.total_frames(seconds), e.vae.temporal_compression, e.config.sampling.chunk_frames)
-        return len(sizes)
+    def live_progress(self, job_id: str) -> int | None:
+        """Percent done of a job running here, finer than its finished blocks: a full-sequence job
+        moves on every denoising step. None if it is not running here."""
+        a = self._by_id.get(job_id)
+        rollout = None if a is None else a.rollout
+        progress = None if rollout is None else rollout.progress
+        return None if progress is None else int(100 * progress)
 
     def cancel(self, job_id: str, delete_files: bool) -> threading.Event | None:
         """Stop a job at the next step boundary. An Event set once its rollout is freed, or None if
@@ -303,10 +308,10 @@ class Worker:
 
     def _open_job(self, a: _Active) -> None:
         job, e = a.job, self.engine
-        v = e.config.video
-        frames_per_block = e.config.sampling.chunk_frames * e.vae.temporal_compression
-        a.output = self._output_factory(self.files.dir(job.id), v.width, v.height, v.fps, frames_per_block)
         request = job_request(job)
+        frames_per_block = e.config.sampling.chunk_frames * e.vae.temporal_compression
+        a.output = self._output_factory(self.files.dir(job.id), request.width, request.height, e.config.video.fps,
+                                        frames_per_block)
         snapshot = None
         try:
             snapshot = self.files.load_checkpoint(job.id)

@@ -275,11 +275,18 @@ async def realtime(ws: WebSocket):
     Limits: `max_sessions` concurrent sessions (then an error and close 1013); a session with
     no client message for `realtime_idle_seconds` is stopped; messages above 16 KiB are refused.
     """
-    from sana_serve.engine.rollout import GenerationRequest
+    from sana_serve.engine.rollout import FULL_SEQUENCE_ENDLESS, GenerationRequest
     from sana_serve.server.worker import Busy
 
-    await ws.accept()
     state = ws.app.state
+    if state.model_config.sampling.mode == "full_sequence":  # refused before the handshake, as plain HTTP
+        from fastapi.responses import JSONResponse
+
+        await ws.send_denial_response(JSONResponse(status_code=409, content={"error": {
+            "message": FULL_SEQUENCE_ENDLESS, "type": "invalid_request_error", "param": None,
+            "code": "realtime_unsupported"}}))
+        return
+    await ws.accept()
     worker = state.worker
     idle = float(_setting(ws, "realtime_idle_seconds", REALTIME_IDLE_SECONDS))
     loop = asyncio.get_running_loop()

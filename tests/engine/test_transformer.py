@@ -69,7 +69,10 @@ def test_matches_diffusers_with_guidance_embeds():
 # the window)" and a temporal conv that never looks into the next chunk.
 # ---------------------------------------------------------------------------------------------
 def dense_block_causal(ref, x, text, mask, t_frames, chunk_sizes, window=None):
+    p_t, p_h, p_w = ref.config.patch_size
+    assert p_t == 1, "chunks are whole latent frames"
     b, _, frames, height, width = x.shape
+    height, width = height // p_h, width // p_w  # in tokens
     chunk_of_frame = torch.cat([torch.full((n,), i) for i, n in enumerate(chunk_sizes)])
     tokens_per_frame = height * width
     chunk_of_token = chunk_of_frame.repeat_interleave(tokens_per_frame)
@@ -81,7 +84,7 @@ def dense_block_causal(ref, x, text, mask, t_frames, chunk_sizes, window=None):
     last_of_chunk = torch.zeros(frames, dtype=torch.bool)
     last_of_chunk[torch.cumsum(torch.tensor(chunk_sizes), 0) - 1] = True
 
-    rope = WanRotaryPosEmbed(ref.config.attention_head_dim, (1, 1, 1), 1024)
+    rope = WanRotaryPosEmbed(ref.config.attention_head_dim, tuple(ref.config.patch_size), 1024)
     cos, sin = rope(x)
     cos, sin = cos[0, :, 0], sin[0, :, 0]  # (N, D)
 
@@ -125,7 +128,8 @@ def dense_block_causal(ref, x, text, mask, t_frames, chunk_sizes, window=None):
 
     sh, sc = (ref.scale_shift_table[None, None] + emb[:, :, None]).unbind(2)
     h = ref.proj_out(ref.norm_out.norm(h) * (1 + sc) + sh)
-    return h.view(b, frames, height, width, -1).permute(0, 4, 1, 2, 3)
+    h = h.view(b, frames, height, width, p_h, p_w, -1).permute(0, 6, 1, 2, 4, 3, 5)
+    return h.reshape(b, -1, frames, height * p_h, width * p_w)
 
 
 @pytest.mark.parametrize("chunk_sizes,window", [([2, 3, 3, 3], None), ([3, 3, 3, 3], 2), ([1, 1, 1, 1, 1], None)])

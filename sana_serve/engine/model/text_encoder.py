@@ -54,8 +54,9 @@ class TextEncoder:
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return out.last_hidden_state.float(), batch["attention_mask"].long()
 
-    def encode_one(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached single-prompt encode: a server sees the same prompts (and "" for CFG) again and again."""
+    def encode_one(self, prompt: str, negative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached single-prompt encode: a server sees the same prompts (and "" for CFG) again and again.
+        `negative` (CFG's unconditional rows) changes nothing here: this encoder has no instruction."""
         hit = self._cache.get(prompt)
         if hit is None:
             hit = tuple(t[0] for t in self.encode([prompt]))
