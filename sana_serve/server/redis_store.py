@@ -157,6 +157,22 @@ return fields
 """
 
 
+def redis_client(url: str, asyncio_client: bool = False):
+    """A client that rides out a Redis restart: connection errors are retried for ~20 s."""
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    if asyncio_client:
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+    else:
+        from redis import Redis
+        from redis.retry import Retry
+    return Redis.from_url(url, socket_connect_timeout=5, health_check_interval=10,
+                          retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), 20),
+                          retry_on_error=[ConnectionError, TimeoutError])
+
+
 def _encode(job: Job) -> list[str]:
     out = []
     for k, v in asdict(job).items():
@@ -187,15 +203,15 @@ class RedisJobStore(JobStore):
 
     def __init__(self, url: str, worker: str | None = None, lease_seconds: float = 15.0, max_attempts: int = 3,
                  job_ttl_seconds: float = 24 * 3600, prefix: str = "sana"):
-        import redis
-
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         self.url, self.worker, self.prefix = url, worker, prefix
         self.lease_seconds, self.max_attempts = float(lease_seconds), int(max_attempts)
         self.job_ttl_seconds = float(job_ttl_seconds)
-        self.redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
-                                          health_check_interval=10, retry_on_timeout=True)
+        self.redis = redis_client(url)
+        # Called (job_id, error) when a claim finds a job over its attempt limit and fails it:
+        # the worker tells the job's live viewers.
+        self.on_attempts_exceeded = None
         r = self.redis
         self._create, self._claim = r.register_script(_CREATE), r.register_script(_CLAIM)
         self._renew, self._progress = r.register_script(_RENEW), r.register_script(_PROGRESS)
@@ -275,6 +291,9 @@ class RedisJobStore(JobStore):
             self.prefix, self.worker, entry, stream, repr(time.time()), self.max_attempts, int(reclaimed)])
         if out[0] == b"run":
             return _decode(out[1:])
+        if out[0] == b"failed" and self.on_attempts_exceeded is not None:
+            failed = self.get(job_id)
+            self.on_attempts_exceeded(job_id, {"code": failed.error_code, "message": failed.error_message})
         return None
 
     def claim_next(self) -> Job | None:

@@ -259,8 +259,15 @@ class StorageFiles:
         _check_id(job_id)
         self.storage.put(f"{job_id}/{name}", json.dumps(data).encode())
 
-    def reader(self, job_id: str) -> "StoredOutputReader":
-        return StoredOutputReader(self.storage, job_id)
+    def replay_source(self, job_id: str):
+        """For hub._Replay: a reader of the stored blocks, or None until the first is stored."""
+        _check_id(job_id)
+
+        def open_reader() -> Optional[StoredOutputReader]:
+            reader = StoredOutputReader(self.storage, job_id)
+            return reader if reader.exists() else None
+
+        return open_reader
 
     def local_file(self, job_id: str, name: str) -> Optional[Path]:
         """A local path with the stored file `name` of a job (downloaded once into the scratch

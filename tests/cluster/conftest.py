@@ -76,9 +76,9 @@ class Node:
                      "--config", str(config), "--host", "127.0.0.1", "--port", str(self.port),
                      "--log-format", "text", *(extra or [])]
         if role == "worker":
-            self.args += ["--threads", "1", "--worker-name", name, "--scratch-dir", str(log_dir / f"{name}-scratch")]
+            self.args += ["--threads", "1", "--worker-name", name, "--data-dir", str(log_dir / f"{name}-scratch")]
         else:
-            self.args += ["--scratch-dir", str(log_dir / f"{name}-scratch")]
+            self.args += ["--data-dir", str(log_dir / f"{name}-scratch")]
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 
