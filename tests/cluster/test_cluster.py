@@ -116,17 +116,21 @@ def test_forty_jobs_and_eight_viewers_over_two_api_nodes(cluster):
 
 
 def test_kill9_worker_mid_job_is_finished_by_the_other_identically(cluster):
+    import redis
+
     api = cluster.add("api", "api-a")
-    w1 = cluster.add("worker", "worker-1", ["--max-batch", "1", "--keep-frames"])
-    for n in (api, w1):
+    workers = {f"worker-{i}": cluster.add("worker", f"worker-{i}", ["--max-batch", "1", "--keep-frames"])
+               for i in (1, 2)}
+    for n in (api, *workers.values()):
         n.wait_ready()
     body = {"prompt": PROMPT, "seconds": 6, "num_inference_steps": 2, "seed": 11}  # 3 blocks
     with api.client() as c:
         vid = c.post("/v1/videos", json=body).json()["id"]
-    wait_job(api, vid, lambda v: v["status"] == "in_progress")
-    w2 = cluster.add("worker", "worker-2", ["--max-batch", "1", "--keep-frames"]).wait_ready()  # idle
-    v = wait_job(api, vid, lambda v: v["blocks_completed"] >= 1)
+    v = wait_job(api, vid, lambda v: v["blocks_completed"] >= 1, timeout=120)
     assert v["status"] == "in_progress" and v["blocks_completed"] < 3
+    owner = redis.Redis.from_url(cluster.redis_url).hget(f"sana:job:{vid}", "worker").decode()
+    w1 = workers.pop(owner)
+    (w2,) = workers.values()
     w1.kill()
     killed_at = time.monotonic()
     v = wait_job(api, vid, done)
