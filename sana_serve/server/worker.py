@@ -219,6 +219,7 @@ class Worker:
             log.info("resuming %d interrupted job(s)", len(self._resume))
         self.ready.set()
         metrics.MODEL_LOADED.set(1)
+        log.info("model loaded: ready")  # the moment /readyz turns 200 (container healthchecks follow it)
         try:
             self._loop()
         finally:
