@@ -178,3 +178,63 @@ def test_viewer_moves_to_the_other_api_node_and_redis_restart_loses_nothing(clus
         accepted.append(late.json()["id"])
     for vid in accepted:
         assert wait_job(api[1], vid, done)["status"] == "completed"
+
+
+def test_cancel_delete_and_realtime_reach_the_worker_from_any_api_node(cluster):
+    api = [cluster.add("api", "api-a"), cluster.add("api", "api-b")]
+    w = cluster.add("worker", "worker-1", ["--max-batch", "3"])
+    for n in (*api, w):
+        n.wait_ready()
+    long = {"prompt": PROMPT, "seconds": 6, "num_inference_steps": 2}
+    with api[0].client() as a, api[1].client() as b:
+        keep, gone = (a.post("/v1/videos", json={**long, "seed": s}).json()["id"] for s in (1, 2))
+        wait_job(api[0], keep, lambda v: v["status"] == "in_progress")
+        wait_job(api[0], gone, lambda v: v["status"] == "in_progress")
+        t0 = time.monotonic()
+        r = b.post(f"/v1/videos/{keep}/cancel")
+        assert r.status_code == 200 and r.json()["status"] == "cancelled"
+        assert b.delete(f"/v1/videos/{gone}").status_code == 200
+        assert a.get(f"/v1/videos/{gone}").status_code == 404
+        deadline = time.monotonic() + 30
+        while w.log_tail(10**6).count("job cancelled") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stopped_s = time.monotonic() - t0
+        assert w.log_tail(10**6).count("job cancelled") == 2, w.log_tail()
+        time.sleep(1.0)
+        assert not (cluster.tmp / "storage" / gone).exists()  # the worker removed what it wrote after the delete
+        v = a.get(f"/v1/videos/{keep}").json()
+        assert v["status"] == "cancelled" and v["blocks_completed"] < 3
+    print(f"\ncancel + delete through the other API node: both rollouts dropped {stopped_s:.2f}s later")
+
+    async def realtime():
+        url = api[1].url.replace("http", "ws") + "/v1/realtime"
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "session.start", "prompt": PROMPT, "seed": 5, "num_inference_steps": 1}))
+            started = json.loads(await ws.recv())
+            assert started["type"] == "session.started" and started["frames_per_block"] == 32, started
+            blocks, payload, updated = 0, b"", False
+            while blocks < 3:
+                msg = json.loads(await ws.recv())
+                if msg["type"] == "prompt.updated":
+                    updated = True
+                    continue
+                assert msg["type"] == "video.block", msg
+                payload += await ws.recv()
+                blocks += 1
+                if blocks == 1:
+                    await ws.send(json.dumps({"type": "prompt.update", "prompt": PROMPTS[1]}))
+            await ws.send(json.dumps({"type": "session.stop"}))
+            while True:
+                msg = json.loads(await ws.recv())
+                if msg["type"] == "session.stopped":
+                    break
+                if msg["type"] == "video.block":
+                    payload += await ws.recv()
+            return updated, payload
+
+    updated, payload = asyncio.run(realtime())
+    assert updated and decode_video(payload).shape[0] >= 96
+    deadline = time.monotonic() + 20
+    while "session ended" not in w.log_tail(10**6) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "session ended" in w.log_tail(10**6) and "realtime session session_" in w.log_tail(10**6)
