@@ -14,12 +14,15 @@ import pytest
 from websockets.sync.client import connect
 
 from sana_serve.engine.video import decode_video
-from tests.deploy.conftest import ROOT, TIMINGS, run, tool
+from tests.deploy.conftest import ROOT, TIMINGS, WHEELS_DIR, run, tool
 from tests.deploy.test_compose_stack import PROMPT, free_port
 
 pytestmark = [pytest.mark.deploy]
 
 COMPOSE_FILE = ROOT / "docker" / "compose.cluster.yaml"
+# Its own tag: tests/deploy's `sana-serve:deploy-test` may be rebuilt from another checkout meanwhile.
+IMAGE = "sana-serve:cluster-test"
+REDIS_IMAGE = "sana-serve-redis:cluster-test"
 
 
 def compose(*args, project, env, timeout=600, check=True):
@@ -39,16 +42,40 @@ def wait_ready(url: str, timeout: float = 300) -> None:
     raise AssertionError(f"{url} not ready within {timeout}s")
 
 
+@pytest.fixture(scope="module")
+def cluster_images(base_image, wheelhouse) -> str:
+    """The sana-serve image (offline, from the wheelhouse, as tests/deploy builds it) and the Redis one."""
+    import os
+    import shutil
+
+    linked = []
+    for wheel in wheelhouse.glob("*.whl"):
+        dest = WHEELS_DIR / wheel.name
+        if not dest.exists():
+            try:
+                os.link(wheel, dest)
+            except OSError:
+                shutil.copy2(wheel, dest)
+            linked.append(dest)
+    env = {"SANA_SERVE_IMAGE": IMAGE, "SANA_SERVE_REDIS_IMAGE": REDIS_IMAGE, "SANA_SERVE_BASE_IMAGE": base_image,
+           "SANA_SERVE_PIP_NO_INDEX": "1"}
+    t0 = time.monotonic()
+    try:  # api-1 and redis carry the build sections; redis installs Debian's redis-server with apt
+        compose("build", "api-1", "redis", project=f"sana-build-{uuid.uuid4().hex[:8]}", env=env, timeout=1500)
+    finally:
+        for path in linked:
+            path.unlink(missing_ok=True)
+    TIMINGS["cluster images (compose build)"] = time.monotonic() - t0
+    return IMAGE
+
+
 @pytest.fixture
-def cluster_stack(image, base_image):
+def cluster_stack(cluster_images, base_image):
     project = f"sana-cluster-{uuid.uuid4().hex[:10]}"
     ports = free_port(), free_port()
-    env = {"SANA_SERVE_IMAGE": image, "SANA_SERVE_BASE_IMAGE": base_image, "SANA_SERVE_PORT": str(ports[0]),
+    env = {"SANA_SERVE_IMAGE": cluster_images, "SANA_SERVE_BASE_IMAGE": base_image, "SANA_SERVE_PORT": str(ports[0]),
            "SANA_SERVE_PORT_2": str(ports[1]), "SANA_SERVE_LEASE": "5", "OMP_NUM_THREADS": "1",
-           "SANA_SERVE_REDIS_IMAGE": "sana-serve-redis:deploy-test"}
-    t0 = time.monotonic()
-    compose("build", "redis", project=project, env=env, timeout=900)  # apt-get inside: the package mirrors
-    TIMINGS["redis image (compose build)"] = time.monotonic() - t0
+           "SANA_SERVE_REDIS_IMAGE": REDIS_IMAGE}
     try:
         t0 = time.monotonic()
         compose("up", "-d", "--no-build", project=project, env=env)
