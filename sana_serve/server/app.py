@@ -579,6 +579,13 @@ def serve(args, role: str = "serve") -> int:
         from sana_serve.server.config import cluster_settings_from_args
 
         cluster = cluster_settings_from_args(args)
+        # Bad options and an unreachable Redis are one clear line before the server starts.
+        from sana_serve.server.cluster import wait_for_redis
+        from sana_serve.server.redis_store import redis_client
+        from sana_serve.server.storage import check_storage_spec
+
+        check_storage_spec(cluster.storage)
+        wait_for_redis(redis_client(cluster.store_url), cluster.store_url, timeout=args.redis_wait)
     configure_logging(settings.log_format)
     app = create_app(settings, cluster, role)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, proxy_headers=False,

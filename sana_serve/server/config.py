@@ -154,6 +154,7 @@ def add_cluster_arguments(p, role: str) -> None:
                    help="a running job whose worker has not renewed its lease for this long is taken over")
     p.add_argument("--max-attempts", type=int, default=d.max_attempts,
                    help="a job that was running on this many workers that stopped fails instead of retrying")
+    p.add_argument("--redis-wait", type=float, default=60.0, help="seconds to wait for Redis at start-up")
     if role == "worker":
         p.add_argument("--worker-name", help="this worker's name in the queue (default HOST-PID; keep it stable "
                                              "across restarts of one container to take its jobs back at once)")

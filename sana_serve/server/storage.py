@@ -184,18 +184,24 @@ class S3Storage(Storage):
                 "Objects": [{"Key": self._key(k)} for k in keys[i:i + 1000]], "Quiet": True})
 
 
-def open_storage(spec: str, endpoint_url: Optional[str] = None) -> Storage:
-    """`s3://bucket/prefix` -> S3Storage; a directory path (or file:///path) -> DirStorage."""
+def check_storage_spec(spec: str) -> str:
+    """The kind of storage `spec` names ("s3" | "dir"); ValueError with a clear message if none."""
     parsed = urlparse(spec)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError(f"--storage {spec!r}: an S3 URL needs a bucket (s3://bucket/prefix)")
-        return S3Storage(parsed.netloc, parsed.path, endpoint_url or os.environ.get("AWS_ENDPOINT_URL"))
-    if parsed.scheme == "file":
-        return DirStorage(parsed.path)
-    if parsed.scheme:
+        return "s3"
+    if parsed.scheme not in ("", "file"):
         raise ValueError(f"--storage {spec!r}: use a directory or s3://bucket/prefix")
-    return DirStorage(spec)
+    return "dir"
+
+
+def open_storage(spec: str, endpoint_url: Optional[str] = None) -> Storage:
+    """`s3://bucket/prefix` -> S3Storage; a directory path (or file:///path) -> DirStorage."""
+    parsed = urlparse(spec)
+    if check_storage_spec(spec) == "s3":
+        return S3Storage(parsed.netloc, parsed.path, endpoint_url or os.environ.get("AWS_ENDPOINT_URL"))
+    return DirStorage(parsed.path if parsed.scheme == "file" else spec)
 
 
 class StorageFiles:
