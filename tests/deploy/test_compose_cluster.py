@@ -61,7 +61,11 @@ def cluster_images(base_image, wheelhouse) -> str:
            "SANA_SERVE_PIP_NO_INDEX": "1"}
     t0 = time.monotonic()
     try:  # api-1 and redis carry the build sections; redis installs Debian's redis-server with apt
-        compose("build", "api-1", "redis", project=f"sana-build-{uuid.uuid4().hex[:8]}", env=env, timeout=1500)
+        built = compose("build", "api-1", "redis", project=f"sana-build-{uuid.uuid4().hex[:8]}", env=env,
+                        timeout=1500)
+        for tag in (IMAGE, REDIS_IMAGE):  # the compose binary's exit status alone has not been reliable
+            if run(["docker", "image", "inspect", tag], check=False).returncode != 0:
+                raise AssertionError(f"{tag} was not built:\n{built.stdout[-3000:]}\n{built.stderr[-5000:]}")
     finally:
         for path in linked:
             path.unlink(missing_ok=True)
