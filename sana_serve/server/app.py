@@ -580,12 +580,15 @@ def serve(args, role: str = "serve") -> int:
 
         cluster = cluster_settings_from_args(args)
         # Bad options and an unreachable Redis are one clear line before the server starts.
+        import redis
+
         from sana_serve.server.cluster import wait_for_redis
-        from sana_serve.server.redis_store import redis_client
         from sana_serve.server.storage import check_storage_spec
 
         check_storage_spec(cluster.storage)
-        wait_for_redis(redis_client(cluster.store_url), cluster.store_url, timeout=args.redis_wait)
+        # A plain client (no retries of its own): --redis-wait is the whole wait.
+        wait_for_redis(redis.Redis.from_url(cluster.store_url, socket_connect_timeout=2), cluster.store_url,
+                       timeout=args.redis_wait)
     configure_logging(settings.log_format)
     app = create_app(settings, cluster, role)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, proxy_headers=False,
