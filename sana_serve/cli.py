@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     from sana_serve.server.config import add_serve_arguments  # argparse only; the server itself loads in cmd_serve
 
     add_serve_arguments(v)
+    from sana_serve.server.config import add_cluster_arguments
+
+    for role, text in (("api", "run a stateless API node of a cluster (jobs in Redis, files in shared storage)"),
+                       ("worker", "run a cluster worker: one model on one device, jobs from the shared Redis queue")):
+        r = sub.add_parser(role, help=text)
+        add_serve_arguments(r)
+        add_cluster_arguments(r, role)
     return parser
 
 
@@ -343,6 +350,19 @@ def cmd_serve(args) -> int:
 
 COMMANDS = {"generate": cmd_generate, "train": cmd_train, "eval": cmd_eval, "quantize": cmd_quantize}
 COMMANDS["serve"] = cmd_serve
+
+
+def cmd_cluster_role(role: str):
+    def run(args) -> int:
+        from sana_serve.server.app import serve
+
+        return serve(args, role)
+
+    return run
+
+
+COMMANDS["api"] = cmd_cluster_role("api")
+COMMANDS["worker"] = cmd_cluster_role("worker")
 
 
 def main(argv: list[str] | None = None) -> int:

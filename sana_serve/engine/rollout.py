@@ -121,57 +121,48 @@ FULL_SEQUENCE_ENDLESS = ("this model denoises whole videos at once (mode full_se
                          "needs a block-causal model (mode block_causal, e.g. LongSANA); ask for seconds or frames instead")
 
 
-class Engine:
-    """Holds the model parts; `stream(request)` runs one request, `step(rollouts)` many at once.
+class RequestRules:
+    """What a request may ask of a model (frame counts, sizes, limits) and how it is cut into
+    blocks. The engine derives them from its model (Engine is a RequestRules); an API node of a
+    cluster, which loads no model, gets the same rules from a worker (`to_dict` / `from_dict`)."""
 
-    batch_invariant (the default): a request's frames do not depend on what it is batched with.
-    `step` still runs one forward per step for all compatible rollouts, but inside it every
-    kernel whose rows could depend on the rest of the batch (GEMMs, convs, attention) runs once
-    per request (`transformer.per_request`), and each finished chunk is decoded on its own: a
-    request gets bit-identical latents and frames alone, in any batch, and after a resume on
-    another worker. False: one kernel call over the whole batch and one batched VAE pass
-    (rows may then round differently in the last bits, which grows into visibly different
-    frames over a long video); `bench/batch_invariance.py` measures what the guarantee costs.
-    """
-
-    def __init__(self, transformer: SanaVideoTransformer, vae, text_encoder, config: ModelConfig,
-                 device: str | torch.device = "cpu", scheduler=None, batch_invariant: bool = True):
-        self.transformer = transformer.eval().requires_grad_(False)
-        self.vae = vae.eval().requires_grad_(False)
-        self.text_encoder = text_encoder
+    def __init__(self, config: ModelConfig, temporal_compression: int, first_frame_alone: bool,
+                 size_multiple: int, resolution_bins: list[tuple[int, int]] | None):
         self.config = config
-        self.device = torch.device(device)
-        self.batch_invariant = batch_invariant
         self.mode = config.sampling.mode
-        # full_sequence: the checkpoint's scheduler (engine.scheduler), stepping exactly as diffusers' does;
-        # None: the config's sampler
-        self.scheduler = scheduler
-        self.latent_channels = vae.latent_channels
+        self.temporal_compression = int(temporal_compression)
         # A Wan-style causal VAE decodes a video's first latent frame to one frame, each later one to 4
         # (its stream decoder handles that first frame on its own: any block sizes may follow).
-        self.first_frame_alone = hasattr(vae, "num_frames") and vae.num_frames(1) == 1
-        v = config.video
-        self.latent_hw = (v.height // vae.spatial_compression, v.width // vae.spatial_compression)
+        self.first_frame_alone = bool(first_frame_alone)
         # sides of a free size: multiples of 32, as SanaVideoPipeline.check_inputs asks (and of VAE x patch)
-        self.size_multiple = max(32, vae.spatial_compression * transformer.patch_size[1])
-        self.resolution_bins = resolution_bins(transformer.config.get("sample_size"))
+        self.size_multiple = int(size_multiple)
+        self.resolution_bins = [tuple(b) for b in resolution_bins] if resolution_bins else None
 
-    # -- request validation ----------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """The model-derived rules as JSON-able values (the model config travels as its name)."""
+        return {"temporal_compression": self.temporal_compression, "first_frame_alone": self.first_frame_alone,
+                "size_multiple": self.size_multiple, "resolution_bins": self.resolution_bins}
+
+    @classmethod
+    def from_dict(cls, config: ModelConfig, rules: dict) -> "RequestRules":
+        return cls(config, rules["temporal_compression"], rules["first_frame_alone"], rules["size_multiple"],
+                   rules["resolution_bins"])
+
     def frame_rule(self) -> str:
-        tc = self.vae.temporal_compression
+        tc = self.temporal_compression
         if self.first_frame_alone:
             return (f"1 + {tc}k frames (1, {1 + tc}, {1 + 2 * tc}, ..., 81, ...): this model's causal VAE decodes its "
                     f"first latent frame to one frame and every later one to {tc}")
         return "any positive number of frames"
 
     def valid_frames(self, frames: int) -> bool:
-        return frames >= 1 and (not self.first_frame_alone or (frames - 1) % self.vae.temporal_compression == 0)
+        return frames >= 1 and (not self.first_frame_alone or (frames - 1) % self.temporal_compression == 0)
 
     def total_frames(self, seconds: float) -> int:
         """Frames for a video of `seconds`: round(seconds·fps), then (Wan VAE) the nearest 1 + 4k, ties up."""
         frames = int(round(seconds * self.config.video.fps))
         if self.first_frame_alone:
-            tc = self.vae.temporal_compression
+            tc = self.temporal_compression
             frames = 1 + tc * max(0, math.floor((frames - 1) / tc + 0.5))
         return frames
 
@@ -242,9 +233,42 @@ class Engine:
 
     def plan_blocks(self, req: GenerationRequest) -> list[int]:
         """Latent frames of each block the request will be handed out in."""
-        sizes, _ = chunk_plan(self.request_frames(req), self.vae.temporal_compression,
+        sizes, _ = chunk_plan(self.request_frames(req), self.temporal_compression,
                               self.config.sampling.chunk_frames, self.first_frame_alone)
         return sizes
+
+
+
+class Engine(RequestRules):
+    """Holds the model parts; `stream(request)` runs one request, `step(rollouts)` many at once.
+
+    batch_invariant (the default): a request's frames do not depend on what it is batched with.
+    `step` still runs one forward per step for all compatible rollouts, but inside it every
+    kernel whose rows could depend on the rest of the batch (GEMMs, convs, attention) runs once
+    per request (`transformer.per_request`), and each finished chunk is decoded on its own: a
+    request gets bit-identical latents and frames alone, in any batch, and after a resume on
+    another worker. False: one kernel call over the whole batch and one batched VAE pass
+    (rows may then round differently in the last bits, which grows into visibly different
+    frames over a long video); `bench/batch_invariance.py` measures what the guarantee costs.
+    """
+
+    def __init__(self, transformer: SanaVideoTransformer, vae, text_encoder, config: ModelConfig,
+                 device: str | torch.device = "cpu", scheduler=None, batch_invariant: bool = True):
+        self.transformer = transformer.eval().requires_grad_(False)
+        self.vae = vae.eval().requires_grad_(False)
+        self.text_encoder = text_encoder
+        self.device = torch.device(device)
+        self.batch_invariant = batch_invariant
+        super().__init__(config, vae.temporal_compression,
+                         first_frame_alone=hasattr(vae, "num_frames") and vae.num_frames(1) == 1,
+                         size_multiple=max(32, vae.spatial_compression * transformer.patch_size[1]),
+                         resolution_bins=resolution_bins(transformer.config.get("sample_size")))
+        # full_sequence: the checkpoint's scheduler (engine.scheduler), stepping exactly as diffusers' does;
+        # None: the config's sampler
+        self.scheduler = scheduler
+        self.latent_channels = vae.latent_channels
+        v = config.video
+        self.latent_hw = (v.height // vae.spatial_compression, v.width // vae.spatial_compression)
 
     # -- generation --------------------------------------------------------------------------
     @torch.no_grad()

@@ -351,9 +351,9 @@ async def download_content(request: Request, video_id: str,
         raise APIError(404, f"video {video_id} is not ready: status {job.status}, {job.progress}% done"
                        + (" (stream it live over WS /v1/videos/{id}/stream)" if job.status in ("queued", "in_progress")
                           else ""), "video_id", "video_not_ready")
-    d = request.app.state.files.dir(video_id)
-    path, media = (d / "video.mp4", "video/mp4") if variant == "video" else (d / "thumbnail.png", "image/png")
-    if not path.is_file():
+    name, media = ("video.mp4", "video/mp4") if variant == "video" else ("thumbnail.png", "image/png")
+    path = await asyncio.to_thread(request.app.state.files.local_file, video_id, name)
+    if path is None:
         raise APIError(404, f"the {variant} of video {video_id} is missing on disk", "variant", "not_found")
     return FileResponse(path, media_type=media, filename=f"{video_id}.{path.suffix.lstrip('.')}",
                         content_disposition_type="inline")
@@ -428,7 +428,12 @@ def _make_hub(files: JobFiles):
     return InProcessBlockHub(files.dir)
 
 
-def create_app(settings: ServerSettings) -> FastAPI:
+def create_app(settings: ServerSettings, cluster=None, role: str = "serve") -> FastAPI:
+    """role "serve": the embedded server (SQLite, in-process hub, the worker thread, one process).
+    role "api" / "worker" (with `cluster`, server.cluster.ClusterSettings): the same parts over
+    Redis and the shared storage; a worker's HTTP side is only health and metrics."""
+    if role not in ("serve", "api", "worker"):
+        raise ValueError(f"unknown role {role!r}")
     from sana_serve.engine.load import default_config_name
 
     # fast (YAML); fails early on a bad --config. None: the one that matches --checkpoint
@@ -445,32 +450,45 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def lifespan(app: FastAPI):
         data_dir = settings.data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
-        store = SqliteJobStore(data_dir / "jobs.sqlite3")
-        files = JobFiles(data_dir)
-        hub = _make_hub(files)
-        output_factory = None
-        if settings.keep_frames:
-            from sana_serve.server.outputs import JobOutput
+        if role == "serve":
+            store = SqliteJobStore(data_dir / "jobs.sqlite3")
+            files = JobFiles(data_dir)
+            hub = _make_hub(files)
+            output_factory = None
+            if settings.keep_frames:
+                from sana_serve.server.outputs import JobOutput
 
-            output_factory = functools.partial(JobOutput, keep_frames=True)
-        worker = Worker(settings, store, files, load, hub=hub, output_factory=output_factory)
+                output_factory = functools.partial(JobOutput, keep_frames=True)
+            worker = Worker(settings, store, files, load, hub=hub, output_factory=output_factory)
+        else:
+            from sana_serve.server import cluster as cluster_parts
+
+            store, files, hub, worker = await asyncio.to_thread(cluster_parts.build, role, settings, cluster,
+                                                                model_config, load)
+            cluster_parts.watch_cluster(store, worker, cluster.lease_seconds)
         app.state.settings, app.state.model_config = settings, model_config
         app.state.store, app.state.files, app.state.hub, app.state.worker = store, files, hub, worker
         metrics.watch_store(store.counts)
-        orphans = remove_orphans(store, files)
-        if orphans:
-            log.info("removed %d orphaned video directories", len(orphans))
+        if role == "serve":
+            orphans = remove_orphans(store, files)
+            if orphans:
+                log.info("removed %d orphaned video directories", len(orphans))
         worker.start()
-        cleanup = asyncio.create_task(_cleanup_loop(app))
-        log.info("serving model %s from %s", model_config.name, data_dir)
+        # Expiry runs where the API is (any number of API nodes may race for a job: one wins).
+        cleanup = asyncio.create_task(_cleanup_loop(app)) if role != "worker" else None
+        log.info("%s: model %s, data in %s", role, model_config.name,
+                 data_dir if role == "serve" else f"{cluster.store_url} + {cluster.storage}")
         try:
             yield
         finally:
-            cleanup.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await cleanup
+            if cleanup is not None:
+                cleanup.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await cleanup
             await asyncio.get_running_loop().run_in_executor(None, worker.stop)
             metrics.watch_store(None)
+            if role != "serve":
+                cluster_parts.watch_cluster(None)
             store.close()
 
     app = FastAPI(title="sana-serve", version="0.1.0", lifespan=lifespan,
@@ -478,14 +496,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
                               "compatible; see DESIGN.md.")
     install_error_handlers(app)
     _document_model_limits(app, model_config)
-    app.include_router(videos)
     app.include_router(ops)
-    try:
-        from sana_serve.server import ws
-    except ImportError:
-        ws = None
-    if ws is not None and getattr(ws, "router", None) is not None:
-        app.include_router(ws.router)
+    if role != "worker":
+        app.include_router(videos)
+        try:
+            from sana_serve.server import ws
+        except ImportError:
+            ws = None
+        if ws is not None and getattr(ws, "router", None) is not None:
+            app.include_router(ws.router)
     app.add_middleware(Guard, settings=settings)
     if settings.cors_origins:  # outermost, so even 401/413 answers carry CORS headers
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
@@ -559,15 +578,30 @@ def configure_logging(fmt: str) -> None:
         logging.getLogger(name).propagate = True
 
 
-def serve(args) -> int:
-    """`sana-serve serve ...` (sana_serve/cli.py hands over the parsed arguments)."""
+def serve(args, role: str = "serve") -> int:
+    """`sana-serve serve|api|worker ...` (sana_serve/cli.py hands over the parsed arguments)."""
     import uvicorn
 
     from sana_serve.server.config import settings_from_args
 
     settings = settings_from_args(args)
+    cluster = None
+    if role != "serve":
+        from sana_serve.server.config import cluster_settings_from_args
+
+        cluster = cluster_settings_from_args(args)
+        # Bad options and an unreachable Redis are one clear line before the server starts.
+        import redis
+
+        from sana_serve.server.cluster import wait_for_redis
+        from sana_serve.server.storage import check_storage_spec
+
+        check_storage_spec(cluster.storage)
+        # A plain client (no retries of its own): --redis-wait is the whole wait.
+        wait_for_redis(redis.Redis.from_url(cluster.store_url, socket_connect_timeout=2), cluster.store_url,
+                       timeout=args.redis_wait)
     configure_logging(settings.log_format)
-    app = create_app(settings)
+    app = create_app(settings, cluster, role)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, proxy_headers=False,
                 timeout_graceful_shutdown=10)
     return 0

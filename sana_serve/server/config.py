@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import os
 from dataclasses import dataclass, field
+from typing import Optional
 from pathlib import Path
 
 API_KEYS_ENV = "SANA_SERVE_API_KEYS"
@@ -130,3 +131,44 @@ def settings_from_args(args, environ: dict | None = None) -> ServerSettings:
         max_body_bytes=args.max_body_bytes, torch_threads=args.threads, device=args.device,
         log_format=args.log_format, keep_frames=args.keep_frames, precision=args.precision, kernels=args.kernels,
         compile=args.compile, batch_invariant=args.batch_invariant)
+
+
+# -- the cluster roles (sana-serve api / worker; server/cluster.py) -------------------------------
+@dataclass(frozen=True)
+class ClusterSettings:
+    store_url: str  # redis://HOST:PORT/DB
+    storage: str  # a shared directory or s3://bucket/prefix
+    s3_endpoint_url: Optional[str] = None  # MinIO and friends (else AWS_ENDPOINT_URL or AWS itself)
+    lease_seconds: float = 15.0  # a running job whose worker has not renewed for this long is reclaimed
+    max_attempts: int = 3  # a job claimed more often than this (it killed its workers) fails
+    worker_name: Optional[str] = None  # the consumer name; default host-pid
+    prefix: str = "sana"
+
+    def __post_init__(self):
+        if not self.store_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"--store {self.store_url!r}: expected a Redis URL such as redis://HOST:6379/0")
+        if self.lease_seconds <= 0:
+            raise ValueError(f"--lease-seconds must be > 0, got {self.lease_seconds:g}")
+        if self.max_attempts < 1:
+            raise ValueError(f"--max-attempts must be >= 1, got {self.max_attempts}")
+
+
+def add_cluster_arguments(p, role: str) -> None:
+    d = ClusterSettings("redis://", "")
+    p.add_argument("--store", required=True, help="the shared job store: redis://HOST:6379/0")
+    p.add_argument("--storage", required=True, help="shared storage: a directory every node mounts, or s3://bucket/prefix")
+    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint (MinIO ...); default AWS_ENDPOINT_URL or AWS")
+    p.add_argument("--lease-seconds", type=float, default=d.lease_seconds,
+                   help="a running job whose worker has not renewed its lease for this long is taken over")
+    p.add_argument("--max-attempts", type=int, default=d.max_attempts,
+                   help="a job that was running on this many workers that stopped fails instead of retrying")
+    p.add_argument("--redis-wait", type=float, default=60.0, help="seconds to wait for Redis at start-up")
+    if role == "worker":
+        p.add_argument("--worker-name", help="this worker's name in the queue (default HOST-PID; keep it stable "
+                                             "across restarts of one container to take its jobs back at once)")
+
+
+def cluster_settings_from_args(args) -> ClusterSettings:
+    return ClusterSettings(store_url=args.store, storage=args.storage, s3_endpoint_url=args.s3_endpoint_url,
+                           lease_seconds=args.lease_seconds, max_attempts=args.max_attempts,
+                           worker_name=getattr(args, "worker_name", None))

@@ -253,16 +253,21 @@ class Subscription:
 
 
 class _Replay:
-    """The disk side of one subscription: which block is next, and the init segment once."""
+    """The disk side of one subscription: which block is next, and the init segment once.
 
-    def __init__(self, job_dir: Path, job_id: str, from_block: int):
-        self.job_dir, self.job_id = job_dir, job_id
+    `source` is a job's JobOutput directory, or (the cluster's shared storage) a callable that
+    returns a reader with JobOutput's read methods, or None while no block is stored yet."""
+
+    def __init__(self, source, job_id: str, from_block: int):
+        self.job_dir, self.job_id = source, job_id
         self.next_index = from_block
         self._output: Optional[JobOutput] = None
         self._init_sent = False
 
     def _open(self) -> Optional[JobOutput]:
-        if self._output is None and JobOutput.exists(self.job_dir):
+        if self._output is None and callable(self.job_dir):
+            self._output = self.job_dir()
+        elif self._output is None and JobOutput.exists(self.job_dir):
             try:
                 self._output = JobOutput.open(self.job_dir)
             except FileNotFoundError:  # deleted between the two looks

@@ -290,6 +290,15 @@ class JobFiles:
     def remove(self, job_id: str) -> None:
         shutil.rmtree(self.dir(job_id), ignore_errors=True)
 
+    def replay_source(self, job_id: str) -> Path:
+        """What a websocket replay reads a job's blocks from (hub._Replay): its directory."""
+        return self.dir(job_id)
+
+    def local_file(self, job_id: str, name: str) -> Path | None:
+        """The path of a job's finished file (video.mp4, thumbnail.png), None if it is missing."""
+        path = self.dir(job_id) / name
+        return path if path.is_file() else None
+
     def write_json(self, job_id: str, name: str, data: dict) -> None:
         d = self.dir(job_id)
         d.mkdir(parents=True, exist_ok=True)

@@ -152,10 +152,6 @@ class Worker:
             raise RuntimeError("the model is not loaded yet")
         self.engine.validate(request)
 
-    def plan_blocks(self, seconds: float) -> int:
-        """How many blocks a video of `seconds` has (needs the loaded model's VAE)."""
-        return len(self.engine.plan_blocks(GenerationRequest("", seconds)))
-
     def live_progress(self, job_id: str) -> int | None:
         """Percent done of a job running here, finer than its finished blocks: a full-sequence job
         moves on every denoising step. None if it is not running here."""
@@ -309,7 +305,7 @@ class Worker:
     def _open_job(self, a: _Active) -> None:
         job, e = a.job, self.engine
         request = job_request(job)
-        frames_per_block = e.config.sampling.chunk_frames * e.vae.temporal_compression
+        frames_per_block = e.config.sampling.chunk_frames * e.temporal_compression
         a.output = self._output_factory(self.files.dir(job.id), request.width, request.height, e.config.video.fps,
                                         frames_per_block)
         snapshot = None

@@ -114,7 +114,7 @@ async def stream_video(ws: WebSocket, video_id: str):
         else:
             end = {"type": "video.failed", "id": job.id,
                    "error": {"code": job.error_code or job.status, "message": job.error_message or f"the job was {job.status}"}}
-        source = _replay_finished(_Replay(state.files.dir(job.id), job.id, from_block), end)
+        source = _replay_finished(_Replay(state.files.replay_source(job.id), job.id, from_block), end)
 
     gauge = _active_streams_gauge("job")
     gauge.inc()
@@ -375,7 +375,7 @@ async def realtime(ws: WebSocket):
                     continue
                 e = worker.engine
                 v = e.config.video
-                frames_per_block = e.config.sampling.chunk_frames * e.vae.temporal_compression
+                frames_per_block = e.config.sampling.chunk_frames * e.temporal_compression
                 candidate = _RealtimeSession(loop, v.width, v.height, v.fps, frames_per_block,
                                              int(_setting(ws, "realtime_buffer_blocks", REALTIME_BUFFER_BLOCKS)))
                 try:

@@ -116,7 +116,11 @@ def wheelhouse(base_image) -> Path:
     # The CPU torch wheel: from pip's configured sources if they have it, else PyTorch's CPU index.
     if run([*pip, "--no-deps", torch_spec], check=False).returncode != 0:
         run([*pip, "--no-deps", torch_spec, "--extra-index-url", "https://download.pytorch.org/whl/cpu"])
-    run([*pip, "--find-links", str(cache), "-c", str(ROOT / "constraints.txt"), "setuptools>=77", torch_spec, *deps])
+    # pip evaluates the dependencies' markers with the host's Python, not the target's: what only the
+    # base image's older Python needs is named here (redis needs async-timeout below 3.11.3; bookworm has 3.11.2).
+    target_only = ["async-timeout>=4.0.3"]
+    run([*pip, "--find-links", str(cache), "-c", str(ROOT / "constraints.txt"), "setuptools>=77", torch_spec, *deps,
+         *target_only])
     (cache / ".complete").write_text(torch_version)
     TIMINGS["wheelhouse (pip download)"] = time.monotonic() - t0
     return cache
