@@ -9,9 +9,10 @@ to take over a dead worker's job, through the real processes (redis-server, `san
 - Reclaim: a 3-block job; the worker that holds it is killed with SIGKILL after its first
   block; measured: kill -> the other worker owns the job (about the lease), and kill -> the job
   is completed.
-- Batch invariance: the throughput cost of the batch-invariant forward is measured by issue
-  29's part 5 (another branch); `batch_invariance_cost()` is where its number plugs in (None
-  until then; the table shows "n/a").
+- Batch invariance: a third phase runs the same jobs on 2 workers started with
+  `--no-batch-invariance` (rows may then depend on the batch); the ratio of the default
+  (batch-invariant) rate to that one is its cost here, through the whole cluster path. The
+  engine-level measurement is bench/batch_invariance.py.
 
 Prints a table, writes bench/results/cluster.json and bench/results/cluster.png.
 
@@ -138,15 +139,6 @@ def reclaim(api: Proc, workers: dict[str, Proc], redis_url: str, steps: int) -> 
     return {"killed_worker": owner, "kill_to_taken_over_s": taken, "kill_to_completed_s": finished}
 
 
-def batch_invariance_cost() -> float | None:
-    """Throughput of the batch-invariant forward relative to the default one (issue 29, part 5).
-    Hook: returns the ratio that branch's measurement writes, once it is merged."""
-    path = RESULTS / "batch_invariance.json"
-    if path.is_file():
-        return json.loads(path.read_text()).get("throughput_ratio")
-    return None
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--jobs", type=int, default=8)
@@ -169,6 +161,8 @@ def main() -> int:
     wargs = ["--max-batch", str(args.max_batch)]
     apis = [node("api", f"api-{i}", redis_url, storage, tmp, args.lease) for i in (1, 2)]
     workers = {f"worker-{i}": node("worker", f"worker-{i}", redis_url, storage, tmp, args.lease, wargs) for i in (1, 2)}
+    variant = [node("worker", f"worker-{i}-variant", redis_url, storage, tmp, args.lease,
+                    [*wargs, "--no-batch-invariance"]) for i in (1, 2)]
     procs = [*apis, *workers.values()]
     try:
         time.sleep(0.5)
@@ -178,35 +172,44 @@ def main() -> int:
             p.wait_ready()
         # Warm-up: one job each way, so neither phase pays first-call costs.
         throughput(apis, 2, args.seconds, args.steps, seed0=10_000)
-        rates = {1: [], 2: []}
+        w1, w2 = workers.values()
+        phases = {1: [w1], 2: [w1, w2], "2 variant": variant}  # "variant": --no-batch-invariance
+        rates = {n: [] for n in phases}
         for rep in range(args.repeats):
-            for n in (1, 2):
-                w2 = workers["worker-2"]
-                if n == 1:
-                    w2.stop()
-                elif w2.proc.poll() is not None:
-                    w2.start().wait_ready()
-                rates[n].append(throughput(apis, args.jobs, args.seconds, args.steps, seed0=1000 * (rep + 1) + 100 * n))
+            for n, members in phases.items():
+                for p in (*workers.values(), *variant):  # only this phase's workers run
+                    if p not in members and p.proc is not None and p.proc.poll() is None:
+                        p.stop()
+                for p in members:
+                    if p.proc is None or p.proc.poll() is not None:
+                        p.start().wait_ready()
+                rates[n].append(throughput(apis, args.jobs, args.seconds, args.steps, seed0=1000 * (rep + 1)))
                 print(f"repeat {rep + 1}: {n} worker(s): {rates[n][-1]:.2f} frames/s", flush=True)
+        for p in variant:
+            p.stop()
+        for p in (w1, w2):  # the reclaim needs both: one to kill, one to take over
+            if p.proc.poll() is not None:
+                p.start().wait_ready()
         rec = reclaim(apis[0], workers, redis_url, max(args.steps, 2))
     finally:
-        for p in procs:
-            p.stop()
+        for p in (*procs, *variant):
+            if p.proc is not None:
+                p.stop()
         redis_proc.stop()
     best = {n: max(v) for n, v in rates.items()}
-    cost = batch_invariance_cost()
+    cost = best[2] / best["2 variant"]
     result = {"jobs": args.jobs, "seconds": args.seconds, "steps": args.steps, "lease_seconds": args.lease,
-              "max_batch": args.max_batch, "threads_per_worker": 1, "frames_per_s": rates,
-              "best_frames_per_s": best, "scaling_2_over_1": best[2] / best[1], "reclaim": rec,
+              "max_batch": args.max_batch, "threads_per_worker": 1, "frames_per_s": {str(k): v for k, v in rates.items()},
+              "best_frames_per_s": {str(k): v for k, v in best.items()}, "scaling_2_over_1": best[2] / best[1], "reclaim": rec,
               "batch_invariance_throughput_ratio": cost}
     print()
     print(f"{'workers':>8} {'frames/s (best)':>16} {'runs':>24}")
-    for n in (1, 2):
-        print(f"{n:>8} {best[n]:>16.2f} {', '.join(f'{x:.2f}' for x in rates[n]):>24}")
+    for n in phases:
+        print(f"{n!s:>8} {best[n]:>16.2f} {', '.join(f'{x:.2f}' for x in rates[n]):>24}")
     print(f"2 workers / 1 worker: {best[2] / best[1]:.2f}x")
     print(f"reclaim (lease {args.lease:g} s): taken over {rec['kill_to_taken_over_s']:.2f} s after kill -9, "
           f"completed {rec['kill_to_completed_s']:.2f} s after")
-    print(f"batch-invariance throughput ratio: {'n/a (issue 29 part 5)' if cost is None else f'{cost:.2f}'}")
+    print(f"batch-invariant / --no-batch-invariance (2 workers): {cost:.2f}x throughput")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "cluster.json").write_text(json.dumps(result, indent=2))
     import matplotlib
@@ -215,7 +218,8 @@ def main() -> int:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-    a.bar(["1 worker", "2 workers"], [best[1], best[2]], color=["#888", "#3a7"])
+    a.bar(["1 worker", "2 workers", "2 workers\nno invariance"], [best[1], best[2], best["2 variant"]],
+          color=["#888", "#3a7", "#bbb"])
     a.set_ylabel("aggregate frames/s")
     a.set_title(f"{args.jobs} jobs x {args.seconds:g} s, 2 API nodes")
     b.bar(["taken over", "completed"], [rec["kill_to_taken_over_s"], rec["kill_to_completed_s"]], color="#c64")
