@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from sana_serve.engine.checkpoint import load_transformer, read_config
+from sana_serve.engine.checkpoint import load_transformer
 from sana_serve.engine.config import ConfigError, ModelConfig, is_hub_repo_id, load_config
 from sana_serve.engine.model.text_encoder import GemmaPromptEncoder, TextEncoder
 from sana_serve.engine.model.nvfp4 import NVFP4Linear

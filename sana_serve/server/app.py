@@ -20,7 +20,6 @@ import math
 import secrets
 import sys
 import time
-from pathlib import Path
 from typing import Literal, Optional
 
 from fastapi import APIRouter, FastAPI, Query, Request

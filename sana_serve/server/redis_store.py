@@ -26,7 +26,6 @@ so a worker that lost its lease (paused, partitioned) cannot complete a job twic
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 

@@ -17,11 +17,9 @@ write into the state as well as how to read it. Attention is windowed like infer
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 
-import httpx
 import numpy as np
 import pytest
 import websockets

@@ -15,7 +15,6 @@ import uuid
 from datetime import datetime
 
 import httpx
-import numpy as np
 import openai
 import pytest
 from websockets.sync.client import connect
@@ -23,6 +22,7 @@ from websockets.sync.client import connect
 from sana_serve.engine.video import decode_video
 from sana_serve.shapes.checker import check_video
 from tests.deploy.conftest import TIMINGS, compose, run
+from tests.server.conftest import finished, wait_for
 
 # The SDK marks the Videos API deprecated (a warning per call).
 pytestmark = [pytest.mark.deploy, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -111,25 +111,9 @@ def stack(image):
         assert not left.strip(), f"volumes left behind: {left}"
 
 
-def wait_for(client: httpx.Client, video_id: str, predicate, timeout: float = 300, interval: float = 0.1) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = client.get(f"/v1/videos/{video_id}")
-        assert r.status_code == 200, r.text
-        video = r.json()
-        if predicate(video):
-            return video
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting on {video_id}: {video}")
-
-
 def started(rfc3339: str) -> float:
     """docker's nanosecond RFC 3339 time as a Unix timestamp."""
     return datetime.fromisoformat(rfc3339[:26].rstrip("Z") + "+00:00").timestamp()
-
-
-def finished(video: dict) -> bool:
-    return video["status"] in ("completed", "failed", "cancelled")
 
 
 def test_healthy_only_once_model_loaded_and_runs_as_non_root(stack):
@@ -208,12 +192,12 @@ def test_websocket_stream_and_metrics_through_published_port(stack):
 def test_docker_kill_mid_job_then_up_resumes_and_keeps_videos(stack):
     with stack.client() as c:
         short = c.post("/v1/videos", json={"prompt": PROMPT, "seconds": 1, "seed": 5, "num_inference_steps": 1}).json()
-        assert wait_for(c, short["id"], finished)["status"] == "completed"
+        assert wait_for(c, short["id"], finished, timeout=300)["status"] == "completed"
         short_mp4 = c.get(f"/v1/videos/{short['id']}/content").content
         long = c.post("/v1/videos", json={"prompt": "a green triangle moving left on a gray background",
                                           "seconds": 40, "seed": 9, "num_inference_steps": 2}).json()
         assert long["num_blocks"] >= 10, long  # long enough that it is still running when the kill lands
-        before = wait_for(c, long["id"], lambda v: v["blocks_completed"] >= 2 or finished(v), interval=0.02)
+        before = wait_for(c, long["id"], lambda v: v["blocks_completed"] >= 2 or finished(v), interval=0.02, timeout=300)
         run(["docker", "kill", stack.container()])  # SIGKILL: no shutdown code runs
     assert before["status"] == "in_progress" and before["blocks_completed"] < before["num_blocks"], before
 
@@ -222,7 +206,7 @@ def test_docker_kill_mid_job_then_up_resumes_and_keeps_videos(stack):
     stack.wait_healthy()
     TIMINGS["docker kill -> compose up -> healthy"] = time.monotonic() - t0
     with stack.client() as c:
-        done = wait_for(c, long["id"], finished)
+        done = wait_for(c, long["id"], finished, timeout=300)
         assert done["status"] == "completed" and done["blocks_completed"] == done["num_blocks"], done
         frames = decode_video(c.get(f"/v1/videos/{long['id']}/content").content)
         assert frames.shape == (40 * 16, 64, 64, 3)
@@ -243,13 +227,13 @@ def test_upgrade_recreates_the_container_and_keeps_running_jobs(stack):
     """What `up -d --build` does on an upgrade: a new container (SIGTERM to the old one) on the same volume."""
     with stack.client() as c:
         job = c.post("/v1/videos", json={"prompt": PROMPT, "seconds": 40, "seed": 2, "num_inference_steps": 2}).json()
-        before = wait_for(c, job["id"], lambda v: v["blocks_completed"] >= 1 or finished(v), interval=0.02)
+        before = wait_for(c, job["id"], lambda v: v["blocks_completed"] >= 1 or finished(v), interval=0.02, timeout=300)
     old = stack.container()
     stack.compose("up", "-d", "--no-build", "--force-recreate")
     assert stack.container() != old  # a new container, not a restart
     stack.wait_healthy()
     with stack.client() as c:
-        done = wait_for(c, job["id"], finished)
+        done = wait_for(c, job["id"], finished, timeout=300)
     assert before["status"] == "in_progress", before
     assert done["status"] == "completed" and done["blocks_completed"] == done["num_blocks"], done
 

@@ -7,7 +7,6 @@ running batch (a job reclaimed by another worker). Latents and uint8 frames must
 close. tests/server/test_batch_invariance.py checks the same through the server's worker.
 """
 import io
-import time
 
 import numpy as np
 import pytest

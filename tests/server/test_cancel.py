@@ -1,7 +1,6 @@
 """DELETE cancels a running job within one denoising step and frees it; the worker goes on."""
 import time
 
-import httpx
 
 from tests.server.conftest import PROMPT, finished, wait_for
 
