@@ -116,6 +116,11 @@ def started(rfc3339: str) -> float:
     return datetime.fromisoformat(rfc3339[:26].rstrip("Z") + "+00:00").timestamp()
 
 
+def test_cpu_image_stays_under_1_5_gb(image):
+    size = int(run(["docker", "image", "inspect", "-f", "{{.Size}}", image]).stdout.strip())
+    assert size < 1.5e9, f"the CPU image is {size / 1e9:.2f} GB; it should stay under 1.5 GB (README: Deploy)"
+
+
 def test_healthy_only_once_model_loaded_and_runs_as_non_root(stack):
     samples = stack.wait_healthy()
     TIMINGS["compose up -> healthy"] = time.monotonic() - TIMINGS.pop("compose up started")
