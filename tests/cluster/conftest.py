@@ -151,3 +151,27 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster_config(tmp_path_factory) -> Path:
     return write_test_config(tmp_path_factory.mktemp("cluster-config"))
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A real S3 API server on 127.0.0.1 (moto's server mode; boto3 talks HTTP to it)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def s3_bucket(endpoint: str, monkeypatch) -> str:
+    """A new bucket on `endpoint`, as `s3://NAME`; test credentials in the environment (they reach
+    the node subprocesses too)."""
+    import boto3
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    bucket = f"videos-{free_port()}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}"

@@ -10,32 +10,15 @@ from sana_serve.engine.rollout import Block
 from sana_serve.engine.video import decode_video
 from sana_serve.server.storage import DirStorage, StorageFiles, StoredJobOutput, open_storage
 from sana_serve.server.store import new_job_id
-from tests.server.conftest import free_port
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+from tests.cluster.conftest import s3_bucket
 
 
 @pytest.fixture(params=["dir", "s3"])
 def storage(request, tmp_path, monkeypatch):
     if request.param == "dir":
         return open_storage(str(tmp_path / "shared"))
-    import boto3
-
     endpoint = request.getfixturevalue("s3_server")
-    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    bucket = f"videos-{free_port()}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-    return open_storage(f"s3://{bucket}/cluster/a", endpoint_url=endpoint)
+    return open_storage(s3_bucket(endpoint, monkeypatch) + "/cluster/a", endpoint_url=endpoint)
 
 
 def blocks(n: int, frames: int = 32):
