@@ -76,6 +76,7 @@ def test_compose_config_and_schema_for_each_profile(profile, service, image, fla
     assert {"data", "checkpoint", "hf-cache"} <= set(config["volumes"])
     if flavour == "cuda":
         assert s["command"][s["command"].index("--device") + 1] == "cuda"
+        assert s["command"][s["command"].index("--precision") + 1] == "fp32"
         reservation = s["deploy"]["resources"]["reservations"]["devices"][0]
         assert reservation["driver"] == "nvidia" and reservation["capabilities"] == ["gpu"]
     else:
@@ -102,6 +103,14 @@ def test_real_checkpoint_takes_two_variables(tmp_path, monkeypatch):
     assert mounts["/checkpoint"]["read_only"]
     assert mounts["/hf-cache"]["type"] == "bind" and mounts["/hf-cache"]["source"] == str(tmp_path / "hf")
     assert s["environment"]["SANA_SERVE_API_KEYS"] == "a,b"
+
+
+def test_gpu_precision_is_one_variable(monkeypatch):
+    monkeypatch.delenv("COMPOSE_PROFILES", raising=False)
+    config = rendered("--profile", "gpu", env={"SANA_SERVE_PRECISION": "bf16", "SANA_SERVE_CONFIG": "longsana-2b-480p"})
+    command = config["services"]["sana-serve-gpu"]["command"]
+    assert command[command.index("--precision") + 1] == "bf16"
+    assert command[command.index("--config") + 1] == "longsana-2b-480p"
 
 
 def test_schema_rejects_a_misspelt_key():
