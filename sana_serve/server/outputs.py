@@ -57,7 +57,7 @@ class SegmentInfo:
     path: Path
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write to a unique temporary name in the same directory, fsync, then rename over `path`."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     with open(tmp, "wb") as f:
@@ -77,7 +77,7 @@ def write_png(path: Path, image: np.ndarray) -> None:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
     data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    _write_atomic(Path(path), data)
+    write_atomic(Path(path), data)
 
 
 class JobOutput:
@@ -189,7 +189,7 @@ class JobOutput:
         if block.frame_start != frame_start:
             raise ValueError(f"block {index} starts at frame {block.frame_start}, expected {frame_start}")
         if index == 0:
-            _write_atomic(self.dir / "stream.json", json.dumps({
+            write_atomic(self.dir / "stream.json", json.dumps({
                 "width": self.width, "height": self.height, "fps": self.fps,
                 "frames_per_block": self.frames_per_block, "num_blocks": block.num_blocks,
             }).encode())
@@ -198,7 +198,7 @@ class JobOutput:
             (self.dir / "frames").mkdir(exist_ok=True)
             buf = io.BytesIO()
             np.save(buf, frames)
-            _write_atomic(self.dir / "frames" / f"{index:06d}.npy", buf.getvalue())
+            write_atomic(self.dir / "frames" / f"{index:06d}.npy", buf.getvalue())
 
         if self._encoder is None:
             # A fresh process (or a resumed job): continue the timeline after what is on disk.
@@ -208,13 +208,13 @@ class JobOutput:
         init = self._encoder.init_segment
         init_path = self.dir / self.INIT
         if index == 0 or not init_path.exists():
-            _write_atomic(init_path, init)
+            write_atomic(init_path, init)
         elif self._encoder.blocks_encoded == 1 and init_path.read_bytes() != init:
             # Same settings and the same ffmpeg give byte-identical init segments; a different
             # one (ffmpeg upgraded between restarts?) would not fit the stored segments.
             raise VideoEncodingError("the resumed encoder's init segment differs from the stored one")
         path = self.dir / "segments" / f"{index:06d}-{frame_start:06d}-{len(frames)}.m4s"
-        _write_atomic(path, segment)  # the commit point of this block
+        write_atomic(path, segment)  # the commit point of this block
         self._segments.append(SegmentInfo(index, frame_start, len(frames), path))
         return segment
 

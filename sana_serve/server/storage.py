@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
-from sana_serve.server.outputs import JobOutput, SegmentInfo, block_event
+from sana_serve.server.outputs import JobOutput, SegmentInfo, block_event, write_atomic
 from sana_serve.server.schemas import VIDEO_ID
 
 __all__ = ["Storage", "DirStorage", "S3Storage", "open_storage", "StorageFiles", "StoredJobOutput",
@@ -94,12 +94,7 @@ class DirStorage(Storage):
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, data)
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
