@@ -11,10 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.server.conftest import ROOT, free_port, write_test_config
+from tests.server.conftest import ServerProcess, free_port, write_test_config
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -64,66 +63,25 @@ def redis_server(tmp_path):
     r.stop()
 
 
-class Node:
-    """A `sana-serve api` or `sana-serve worker` subprocess."""
+class Node(ServerProcess):
+    """A `sana-serve api` or `sana-serve worker` subprocess (`launch()`, then `wait_ready()`)."""
 
     def __init__(self, role: str, redis_url: str, storage: str, config: Path, log_dir: Path, name: str,
                  extra: list[str] | None = None):
-        self.role, self.name = role, name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "sana_serve", role, "--store", redis_url, "--storage", storage,
-                     "--config", str(config), "--host", "127.0.0.1", "--port", str(self.port),
-                     "--log-format", "text", *(extra or [])]
-        if role == "worker":
-            self.args += ["--threads", "1", "--worker-name", name, "--data-dir", str(log_dir / f"{name}-scratch")]
-        else:
-            self.args += ["--data-dir", str(log_dir / f"{name}-scratch")]
+        super().__init__(log_dir / f"{name}-scratch", config, extra=extra)
+        self.role, self.name, self.redis_url, self.storage = role, name, redis_url, storage
         self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Node":
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-               "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen(self.args, cwd=ROOT, env=env, stdout=open(self.log_path, "ab"),
-                                     stderr=subprocess.STDOUT)
-        return self
+    def command(self) -> list[str]:
+        args = [sys.executable, "-m", "sana_serve", self.role, "--store", self.redis_url, "--storage", self.storage,
+                "--config", str(self.config), "--host", "127.0.0.1", "--port", str(self.port),
+                "--log-format", "text", *self.extra]
+        if self.role == "worker":
+            args += ["--threads", "1", "--worker-name", self.name]
+        return args + ["--data-dir", str(self.data_dir)]
 
-    def wait_ready(self, timeout: float = 180) -> "Node":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.name} not ready within {timeout}s:\n{self.log_tail()}")
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60)
-
-    def log_tail(self, n: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except FileNotFoundError:
-            return ""
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+    def environment(self) -> dict:
+        return {**super().environment(), "OMP_NUM_THREADS": "1"}
 
 
 class Cluster:
@@ -139,7 +97,7 @@ class Cluster:
         extra = list(extra or [])
         if role == "worker":
             extra += ["--lease-seconds", str(self.lease)]
-        node = Node(role, self.redis_url, self.storage, self.config, self.tmp, name, extra).start()
+        node = Node(role, self.redis_url, self.storage, self.config, self.tmp, name, extra).launch()
         self.nodes.append(node)
         return node
 

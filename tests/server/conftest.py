@@ -63,19 +63,35 @@ class ServerProcess:
     def client(self, **kw) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=self.headers, timeout=60, **kw)
 
-    def start(self, timeout: float = 180) -> "ServerProcess":
+    name = "server"
+
+    def command(self) -> list[str]:
         args = [sys.executable, "-m", "sana_serve", "serve", "--config", str(self.config), "--host", "127.0.0.1",
                 "--port", str(self.port), "--data-dir", str(self.data_dir), "--threads", "2", *self.extra]
         if self.api_key:
             args += ["--api-key", self.api_key]
+        return args
+
+    def environment(self) -> dict:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         env.pop(("SANA_SERVE_API_KEYS"), None)
+        return env
+
+    def start(self, timeout: float = 180) -> "ServerProcess":
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> "ServerProcess":
+        """Start the process without waiting for it (several can then load their models at once)."""
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self.environment(), stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, timeout: float = 180) -> "ServerProcess":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 status = httpx.get(self.url + "/readyz", timeout=2).status_code
                 if status == 200:
@@ -85,7 +101,7 @@ class ServerProcess:
                 pass
             time.sleep(0.25)
         self.stop()
-        raise RuntimeError(f"server not ready within {timeout}s:\n{self.log_tail()}")
+        raise RuntimeError(f"{self.name} not ready within {timeout}s:\n{self.log_tail()}")
 
     def log_tail(self, n: int = 4000) -> str:
         try:
