@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 from pathlib import Path
 
@@ -50,7 +50,8 @@ class ServerSettings:
     # Reachable without an API key: health probes and the playground page's static shell (code,
     # no data; the page's own API calls carry the key). Entries ending in "/" are prefixes.
     public_paths: tuple[str, ...] = ("/healthz", "/readyz", "/", "/static/", "/favicon.ico")
-    extra: dict = field(default_factory=dict)  # room for settings other parts add later
+    realtime_idle_seconds: float = 120.0  # a realtime session with no client message for this long ends
+    realtime_buffer_blocks: int = 4  # blocks a realtime viewer may fall behind before it is cut off
 
     def __post_init__(self):
         for name in ("max_queued", "max_batch", "max_body_bytes", "job_ttl_seconds"):
@@ -78,6 +79,15 @@ class ServerSettings:
         for key in self.api_keys:  # compare against every key: timing does not reveal which matched
             ok |= hmac.compare_digest(candidate, key.encode())
         return ok
+
+
+def load_model_config(settings: ServerSettings):
+    """The served model's config (fast, YAML; fails early on a bad --config). No --config: the one
+    that matches --checkpoint (engine.load.default_config_name)."""
+    from sana_serve.engine.config import load_config
+    from sana_serve.engine.load import default_config_name
+
+    return load_config(settings.config or default_config_name(settings.checkpoint))
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -133,7 +143,7 @@ def settings_from_args(args, environ: dict | None = None) -> ServerSettings:
         compile=args.compile, batch_invariant=args.batch_invariant)
 
 
-# -- the cluster roles (sana-serve api / worker; server/cluster.py) -------------------------------
+# -- the cluster roles (sana-serve api / worker; server/cluster/) -------------------------------
 @dataclass(frozen=True)
 class ClusterSettings:
     store_url: str  # redis://HOST:PORT/DB

@@ -1,4 +1,5 @@
-"""Fan-out of finished blocks to live viewers, behind a small interface.
+"""What both block hubs share: a viewer's bounded buffer, the replay of stored blocks, the
+Subscription a websocket iterates (the hubs: embedded.hub and cluster.hub).
 
 The worker thread calls `publish(job_id, event, segment)` after a block's segment is on disk
 and `finish(job_id, event)` when the job ends; websocket handlers iterate
@@ -15,21 +16,18 @@ Rules that keep the worker fast and memory bounded:
   off: its iterator raises `StreamClosed` with a websocket close code and a reason that says
   which block to resume from. The job goes on regardless.
 
-`InProcessBlockHub` is the embedded implementation (one process, API and worker together);
-a Redis pub/sub hub can implement the same three methods for many API nodes.
+The interface is server.interfaces.BlockHub.
 """
 from __future__ import annotations
 
-import abc
 import asyncio
 import collections
 import threading
-from pathlib import Path
 from typing import Callable, Deque, Optional
 
-from sana_serve.server.outputs import JobOutput
+from sana_serve.server.interfaces import OutputReader
 
-__all__ = ["BlockHub", "InProcessBlockHub", "Subscription", "StreamClosed", "CLOSE_TOO_SLOW"]
+__all__ = ["Subscription", "ViewerBuffer", "Replay", "StreamClosed", "END", "CLOSE_TOO_SLOW"]
 
 # 1013 "Try Again Later": the server is fine, this client fell behind; it may reconnect with
 # from_block. (1008 "policy violation" would suggest the client did something forbidden.)
@@ -44,31 +42,10 @@ class StreamClosed(Exception):
         self.code, self.reason = code, reason
 
 
-class BlockHub(abc.ABC):
-    @abc.abstractmethod
-    def publish(self, job_id: str, event: dict, segment: bytes) -> None:
-        """A block of `job_id` is on disk: hand it to live viewers. Any thread; never blocks."""
-
-    @abc.abstractmethod
-    def finish(self, job_id: str, event: dict) -> None:
-        """The job ended (`video.completed` / `video.failed`): viewers get `event`, then the end."""
-
-    @abc.abstractmethod
-    def subscribe(self, job_id: str, from_block: int = 0) -> "Subscription":
-        """Blocks from `from_block` on (replayed, then live), then the end event (payload None).
-
-        Iterating raises StreamClosed when the viewer falls too far behind; `overflowed()`
-        announces it even while the viewer is stuck sending."""
-
-    def viewers(self, job_id: Optional[str] = None) -> int:
-        """Open subscriptions (for one job, or all)."""
-        return 0
+END = object()  # the item a hub queues after the last block
 
 
-_END = object()
-
-
-class _Buffer:
+class ViewerBuffer:
     """A bounded queue from the worker thread to one subscriber's event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, max_items: int, max_bytes: int):
@@ -115,77 +92,6 @@ class _Buffer:
             await self._ready.wait()
 
 
-class InProcessBlockHub(BlockHub):
-    """Fan-out inside one process. `job_dir(job_id)` locates a job's JobOutput for replays."""
-
-    def __init__(self, job_dir: Callable[[str], Path], max_buffered_blocks: int = 8,
-                 max_buffered_bytes: int = 32 << 20, remember_finished: int = 4096):
-        self._job_dir = job_dir
-        self.max_buffered_blocks = max_buffered_blocks
-        self.max_buffered_bytes = max_buffered_bytes
-        self._lock = threading.Lock()
-        self._subscribers: dict[str, set[_Buffer]] = {}
-        # End events of recently finished jobs, for a viewer that subscribes just after the end.
-        self._finished: "collections.OrderedDict[str, dict]" = collections.OrderedDict()
-        self._remember_finished = remember_finished
-
-    # -- worker side -------------------------------------------------------------------------
-    def publish(self, job_id: str, event: dict, segment: bytes) -> None:
-        with self._lock:
-            buffers = list(self._subscribers.get(job_id, ()))
-        for buf in buffers:
-            buf.offer((event, segment), size=len(segment))
-
-    def finish(self, job_id: str, event: dict) -> None:
-        with self._lock:
-            self._finished[job_id] = event
-            self._finished.move_to_end(job_id)
-            while len(self._finished) > self._remember_finished:
-                self._finished.popitem(last=False)
-            buffers = list(self._subscribers.get(job_id, ()))
-        for buf in buffers:
-            buf.offer((_END, event), always=True)  # the end is never what overflows a buffer
-
-    def forget(self, job_id: str) -> None:
-        """Drop the remembered end of a job (it was deleted)."""
-        with self._lock:
-            self._finished.pop(job_id, None)
-
-    def viewers(self, job_id: Optional[str] = None) -> int:
-        with self._lock:
-            if job_id is not None:
-                return len(self._subscribers.get(job_id, ()))
-            return sum(len(s) for s in self._subscribers.values())
-
-    def finished_event(self, job_id: str) -> Optional[dict]:
-        with self._lock:
-            return self._finished.get(job_id)
-
-    # -- viewer side -------------------------------------------------------------------------
-    def subscribe(self, job_id: str, from_block: int = 0) -> "Subscription":
-        """Call from the event loop that will iterate the subscription."""
-        if from_block < 0:
-            raise ValueError(f"from_block must be >= 0, got {from_block}")
-        buf = _Buffer(asyncio.get_running_loop(), self.max_buffered_blocks, self.max_buffered_bytes)
-        # Register before looking at the disk: a block written after the directory listing
-        # is published after it, so it reaches this buffer (the worker writes, then
-        # publishes). Blocks that arrive both ways are deduplicated by index.
-        with self._lock:
-            self._subscribers.setdefault(job_id, set()).add(buf)
-            ended = self._finished.get(job_id)
-
-        def unregister() -> None:
-            with self._lock:
-                subscribers = self._subscribers.get(job_id)
-                if subscribers is not None:
-                    subscribers.discard(buf)
-                    if not subscribers:
-                        del self._subscribers[job_id]
-
-        replay = _Replay(self._job_dir(job_id), job_id, from_block)
-        return Subscription(buf, replay, ended, unregister, self.max_buffered_blocks)
-
-
 class Subscription:
     """An async iterator of (event, payload) for one viewer; see BlockHub.subscribe.
 
@@ -193,7 +99,7 @@ class Subscription:
     is also announced actively: `await overflowed()` returns the StreamClosed to close with.
     """
 
-    def __init__(self, buf: _Buffer, replay: "_Replay", ended: Optional[dict], unregister, max_blocks: int):
+    def __init__(self, buf: ViewerBuffer, replay: "Replay", ended: Optional[dict], unregister, max_blocks: int):
         self._buf, self._replay, self._ended = buf, replay, ended
         self._unregister, self._max_blocks = unregister, max_blocks
         self._gen = self._items()
@@ -238,7 +144,7 @@ class Subscription:
                     item = await self._buf.get()
                 except OverflowError:
                     raise self._closed() from None
-                if item[0] is _END:
+                if item[0] is END:
                     ended = item[1]  # catch up from disk first (loop), then end
                     continue
                 event, segment = item
@@ -252,29 +158,24 @@ class Subscription:
             self._unregister()
 
 
-class _Replay:
-    """The disk side of one subscription: which block is next, and the init segment once.
+class Replay:
+    """The stored side of one subscription: which block is next, and the init segment once.
 
-    `source` is a job's JobOutput directory, or (the cluster's shared storage) a callable that
-    returns a reader with JobOutput's read methods, or None while no block is stored yet."""
+    `open_reader()` returns a reader of the job's stored blocks (JobFiles.replay_reader), or
+    None while no block is stored yet."""
 
-    def __init__(self, source, job_id: str, from_block: int):
-        self.job_dir, self.job_id = source, job_id
+    def __init__(self, open_reader: Callable[[], Optional[OutputReader]], job_id: str, from_block: int):
+        self.open_reader, self.job_id = open_reader, job_id
         self.next_index = from_block
-        self._output: Optional[JobOutput] = None
+        self._output: Optional[OutputReader] = None
         self._init_sent = False
 
-    def _open(self) -> Optional[JobOutput]:
-        if self._output is None and callable(self.job_dir):
-            self._output = self.job_dir()
-        elif self._output is None and JobOutput.exists(self.job_dir):
-            try:
-                self._output = JobOutput.open(self.job_dir)
-            except FileNotFoundError:  # deleted between the two looks
-                return None
+    def _open(self) -> Optional[OutputReader]:
+        if self._output is None:
+            self._output = self.open_reader()
         return self._output
 
-    def _payload(self, output: JobOutput, segment: bytes) -> bytes:
+    def _payload(self, output: OutputReader, segment: bytes) -> bytes:
         if self._init_sent:
             return segment
         self._init_sent = True

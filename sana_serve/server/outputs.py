@@ -118,6 +118,16 @@ class JobOutput:
     def exists(job_dir) -> bool:
         return (Path(job_dir) / "stream.json").exists()
 
+    @classmethod
+    def reader(cls, job_dir) -> Optional["JobOutput"]:
+        """The directory's blocks for reading, None while none is written (or it is gone)."""
+        if not cls.exists(job_dir):
+            return None
+        try:
+            return cls.open(job_dir)
+        except FileNotFoundError:  # deleted between the two looks
+            return None
+
     # -- reading -----------------------------------------------------------------------------
     @property
     def blocks_written(self) -> int:

@@ -19,13 +19,18 @@ restarts from its last checkpoint; blocks already on disk are regenerated (deter
 identical) but not written twice. Realtime sessions are not persisted: `start_session`
 returns a handle, and blocks go to the session's callbacks (called on this thread; they must
 not block).
+
+What differs between the embedded worker and a cluster's (how jobs and sessions are
+admitted, leases, how a cancel or delete made elsewhere arrives) is a `WorkerStrategy` the
+loop is given; its defaults are a worker alone in its process with its queue (the embedded
+server), and server.cluster.worker.ClusterStrategy is the other one.
 """
 from __future__ import annotations
 
 import itertools
 import logging
 import math
-import queue
+from queue import Queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,13 +41,29 @@ import torch
 from sana_serve.engine.rollout import Block, GenerationRequest, Rollout
 from sana_serve.server import metrics
 from sana_serve.server.config import ServerSettings
-from sana_serve.server.store import Job, JobFiles, JobStore
+from sana_serve.server.interfaces import BlockHub, JobFiles, WorkQueue
+from sana_serve.server.jobs import Job
+from sana_serve.server.outputs import block_event
 
 log = logging.getLogger("sana_serve.worker")
 
 
 class Busy(Exception):
     """No capacity for another realtime session right now."""
+
+
+def report_end(hub: BlockHub | None, job_id: str, deleted: bool) -> None:
+    """A job no worker was running was cancelled (counted) or deleted: tell its viewers."""
+    if deleted:
+        error = {"code": "deleted", "message": "the video was deleted"}
+    else:
+        metrics.JOBS_FINISHED.labels("cancelled").inc()
+        error = {"code": "cancelled", "message": "the job was cancelled"}
+    if hub is not None:
+        try:
+            hub.finish(job_id, {"type": "video.failed", "id": job_id, "error": error})
+        except Exception:  # noqa: BLE001 - viewers also notice a deleted job by polling its record
+            log.exception("hub.finish failed", extra={"job_id": job_id})
 
 
 class SessionHandle:
@@ -102,20 +123,44 @@ class _Active:
     released: threading.Event = field(default_factory=threading.Event)  # set once dropped
 
 
-def job_request(job: Job) -> GenerationRequest:
-    width, height = (int(v) for v in job.size.split("x"))
-    return GenerationRequest(prompt=job.prompt, seconds=job.seconds, seed=job.seed,
-                             negative_prompt=job.negative_prompt, num_inference_steps=job.num_inference_steps,
-                             guidance_scale=job.guidance_scale, width=width, height=height)
+class WorkerStrategy:
+    """What the one Worker loop asks of its deployment between two engine steps. These
+    defaults are a worker alone in its process (the embedded server): cancels and deletes
+    arrive by direct calls to `Worker.cancel`, sessions by `Worker.start_session`, and no other
+    worker can take a job over."""
+
+    # Errors of a shared queue that pass (a Redis restart): the loop logs them and goes on.
+    transient_errors: tuple[type[BaseException], ...] = ()
+
+    def start(self, worker: "Worker") -> None:
+        """The worker's threads run: start whatever the strategy runs beside them."""
+
+    def stop(self) -> None:
+        """The worker stopped."""
+
+    def admit(self, worker: "Worker") -> None:
+        """Before the loop fills its free slots from the queue: hand it work from elsewhere
+        (a cluster's realtime sessions, through `worker.start_session`)."""
+
+    def stops(self, worker: "Worker", job_ids: list[str]) -> dict[str, bool]:
+        """Jobs running here to stop now, because of something done elsewhere: id -> delete its
+        files. Also the place to apply controls of sessions hosted for others."""
+        return {}
+
+    def cancel_is_final(self, job_id: str) -> bool:
+        """A job of ours stopped as cancelled: True if a client cancelled or deleted it (count it
+        and tell its viewers), False if another worker took it over (drop it quietly)."""
+        return True
 
 
 class Worker:
-    def __init__(self, settings: ServerSettings, store: JobStore, files: JobFiles,
-                 load_engine: Callable[[], object], hub=None, output_factory=None):
-        self.settings, self.store, self.files = settings, store, files
+    def __init__(self, settings: ServerSettings, queue: WorkQueue, files: JobFiles,
+                 load_engine: Callable[[], object], hub: BlockHub | None = None,
+                 strategy: WorkerStrategy | None = None):
+        self.settings, self.queue, self.files = settings, queue, files
         self._load_engine = load_engine
         self.hub = hub
-        self._output_factory = output_factory
+        self.strategy = strategy or WorkerStrategy()
         self.engine = None
         self.ready = threading.Event()
         self.load_error: str | None = None
@@ -130,18 +175,20 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name="sana-worker", daemon=True)
         # (active, fn, args) run on the writer thread; bounded, so a slow disk slows the worker
         # down instead of piling up blocks in memory. None stops the writer.
-        self._writes: queue.Queue = queue.Queue(maxsize=2 * settings.max_batch + 2)
+        self._writes: Queue = Queue(maxsize=2 * settings.max_batch + 2)
         self._writer = threading.Thread(target=self._write_loop, name="sana-writer", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         self._writer.start()
         self._thread.start()
+        self.strategy.start(self)
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stopping.set()
         self._wake.set()
         self._thread.join(timeout)
+        self.strategy.stop()
 
     def notify(self) -> None:
         self._wake.set()
@@ -200,22 +247,34 @@ class Worker:
             return {"job": sum(a.kind == "job" for a in self._active),
                     "session": sum(a.kind == "session" for a in self._active)}
 
+    def job_ids(self) -> list[str]:
+        """Every job held here, from claim to release (including ones the writer is finishing)."""
+        with self._lock:
+            return [i for i, a in self._by_id.items() if a.kind == "job"]
+
+    def free_slots(self) -> int:
+        """Rollouts that could join the batch now, and realtime sessions that could start."""
+        with self._lock:
+            sessions = sum(a.kind == "session" for a in self._active) + len(self._new_sessions)
+            return min(self._slots() - len(self._new_sessions), self.settings.max_sessions - sessions)
+
+    @property
+    def block_seconds(self) -> float | None:
+        """A moving average of a block's wall time (None before the first block)."""
+        return self._block_ema
+
     # -- the loop ------------------------------------------------------------------------------
     def _run(self) -> None:
         try:
             if self.settings.torch_threads:
                 torch.set_num_threads(self.settings.torch_threads)
             self.engine = self._load_engine()
-            if self._output_factory is None:
-                from sana_serve.server.outputs import JobOutput
-
-                self._output_factory = JobOutput
         except Exception as e:  # noqa: BLE001 - reported by /readyz and the log
             self.load_error = f"{type(e).__name__}: {e}"
             log.exception("model failed to load")
             self._writes.put(None)
             return
-        self._resume = self.store.in_progress()
+        self._resume = self.queue.in_progress()
         if self._resume:
             log.info("resuming %d interrupted job(s)", len(self._resume))
         self.ready.set()
@@ -268,6 +327,14 @@ class Worker:
         return self.settings.max_batch - len(self._active)
 
     def _admit(self) -> None:
+        try:
+            self.strategy.admit(self)
+            self._fill_slots()
+        except self.strategy.transient_errors as e:  # e.g. Redis restarting: admit at the next step
+            log.warning("could not read the queue: %s", e)
+            self._wake.wait(0.5)
+
+    def _fill_slots(self) -> None:
         while self._slots() > 0:
             with self._lock:
                 if self._new_sessions:
@@ -277,12 +344,12 @@ class Worker:
                     job = None
                 elif self._resume:
                     job = self._resume.pop(0)
-                    if self.store.get(job.id) is None:  # deleted meanwhile
+                    if self.queue.statuses([job.id])[0] is None:  # deleted meanwhile
                         continue
                     a = _Active("job", job.id, job=job)
                     self._register(a)
                 else:
-                    job = self.store.claim_next()
+                    job = self.queue.claim_next()
                     if job is None:
                         return
                     a = _Active("job", job.id, job=job)
@@ -304,10 +371,11 @@ class Worker:
 
     def _open_job(self, a: _Active) -> None:
         job, e = a.job, self.engine
-        request = job_request(job)
+        request = job.request()
         frames_per_block = e.config.sampling.chunk_frames * e.temporal_compression
-        a.output = self._output_factory(self.files.dir(job.id), request.width, request.height, e.config.video.fps,
-                                        frames_per_block)
+        self.files.fetch(job.id)  # another worker may have begun it: continue after its stored blocks
+        a.output = self.files.open_output(job.id, request.width, request.height, e.config.video.fps,
+                                          frames_per_block)
         snapshot = None
         try:
             snapshot = self.files.load_checkpoint(job.id)
@@ -322,6 +390,15 @@ class Worker:
 
     def _apply_controls(self) -> None:
         """Cancellations and prompt updates, applied between two steps."""
+        with self._lock:
+            running = [a.id for a in self._active if a.kind == "job"]
+        try:
+            stops = self.strategy.stops(self, running)
+        except self.strategy.transient_errors as e:
+            log.warning("could not read job states: %s", e)
+            stops = {}
+        for job_id, delete_files in stops.items():
+            self.cancel(job_id, delete_files)
         for a in list(self._active):
             if a.kind == "job" and a.cancel.is_set():
                 log.info("job cancelled", extra={"job_id": a.id})
@@ -359,14 +436,12 @@ class Worker:
         if block.index >= out.blocks_written:  # else: on disk from before a restart (identical)
             segment = out.add_block(block)
             if self.hub is not None:
-                from sana_serve.server.outputs import block_event
-
                 event = dict(block_event(block.index, block.frame_start, block.frame_count, job.num_blocks), id=job.id)
                 self.hub.publish(job.id, event, segment)
         log.info("block %d/%d done in %.3fs", done, job.num_blocks, block.seconds, extra={"job_id": job.id})
         if snapshot is None:  # the last block
             out.finalize()
-            if not self.store.set_progress(job.id, done) or not self.store.finish(
+            if not self.queue.set_progress(job.id, done) or not self.queue.finish(
                     job.id, "completed", self.settings.job_ttl_seconds):
                 self._release(a, reason="cancelled")  # deleted or cancelled while finishing
                 return
@@ -376,7 +451,7 @@ class Worker:
             self._release(a, reason="completed")
             return
         self.files.save_checkpoint(job.id, snapshot)
-        if not self.store.set_progress(job.id, done):  # deleted or cancelled meanwhile
+        if not self.queue.set_progress(job.id, done):  # deleted or cancelled meanwhile
             a.cancel.set()
 
     def _write_loop(self) -> None:
@@ -408,7 +483,7 @@ class Worker:
             self._release(a, reason=message)
 
     def _fail_now(self, a: _Active, code: str, message: str) -> None:
-        if self.store.finish(a.id, "failed", self.settings.job_ttl_seconds, code, message):
+        if self.queue.finish(a.id, "failed", self.settings.job_ttl_seconds, code, message):
             metrics.JOBS_FINISHED.labels("failed").inc()
         self._release(a, reason="failed", error={"code": code, "message": message})
 
@@ -428,6 +503,9 @@ class Worker:
         released on the writer thread, sessions on the worker thread."""
         if a.released.is_set():
             return
+        if a.kind == "job" and reason == "cancelled" and not self.strategy.cancel_is_final(a.id):
+            log.info("job handed over to another worker", extra={"job_id": a.id})
+            reason = None  # its viewers are served by the new owner
         self._stop_stepping(a)
         with self._lock:
             self._by_id.pop(a.id, None)
@@ -461,3 +539,67 @@ class Worker:
             if a.delete_files:
                 self.files.remove(a.id)
         a.released.set()
+
+
+class WorkerRunner:
+    """The Runner of a process that runs the Worker loop itself (the embedded server; a cluster
+    worker's health and metrics side): the HTTP layer's questions answered by the worker."""
+
+    def __init__(self, worker: Worker, files: JobFiles, hub: BlockHub | None):
+        self.worker, self.files, self.hub = worker, files, hub
+
+    @property
+    def ready(self) -> threading.Event:
+        return self.worker.ready
+
+    @property
+    def load_error(self) -> str | None:
+        return self.worker.load_error
+
+    @property
+    def rules(self):
+        return self.worker.engine  # the engine is the RequestRules of its model
+
+    def validate(self, request: GenerationRequest) -> None:
+        self.worker.validate(request)
+
+    def notify(self) -> None:
+        self.worker.notify()
+
+    def cancel(self, job: Job, delete: bool) -> threading.Event | None:
+        released = self.worker.cancel(job.id, delete_files=delete)
+        if released is not None:  # running here: the worker reports its end when it lets go
+            return released
+        if delete:  # not running: nothing in memory, remove what is stored
+            self.files.remove(job.id)
+        if job.status in ("queued", "in_progress"):
+            report_end(self.hub, job.id, delete)
+        return None
+
+    def live_progress(self, job_id: str) -> int | None:
+        return self.worker.live_progress(job_id)
+
+    def retry_after(self) -> int:
+        return self.worker.retry_after()
+
+    def start_session(self, request: GenerationRequest, on_block: Callable[[Block], None],
+                      on_end: Callable[[str | None], None]) -> SessionHandle:
+        return self.worker.start_session(request, on_block, on_end)
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.worker.stop(timeout)
+
+
+def engine_loader(settings: ServerSettings, model_config) -> Callable[[], object]:
+    """Loads the served model (on the worker thread, after start-up: /readyz says 503 until then)."""
+    def load():
+        from sana_serve.engine.load import load_engine
+
+        return load_engine(model_config, checkpoint=settings.checkpoint, device=settings.device,
+                           precision=settings.precision, kernels=settings.kernels, compile=settings.compile,
+                           batch_invariant=settings.batch_invariant)
+
+    return load

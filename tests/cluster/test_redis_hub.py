@@ -7,11 +7,11 @@ import numpy as np
 
 from sana_serve.engine.rollout import Block
 from sana_serve.engine.video import decode_video
-from sana_serve.server.cluster import RedisBlockHub
+from sana_serve.server.cluster.hub import RedisBlockHub
 from sana_serve.server.hub import CLOSE_TOO_SLOW
 from sana_serve.server.outputs import block_event
-from sana_serve.server.storage import DirStorage, StorageFiles, StoredJobOutput
-from sana_serve.server.store import new_job_id
+from sana_serve.server.cluster.storage import DirStorage, StorageFiles, StoredJobOutput
+from sana_serve.server.jobs import new_job_id
 
 
 def make_blocks(n):

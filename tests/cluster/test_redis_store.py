@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from sana_serve.server.redis_store import RedisJobStore
-from sana_serve.server.store import Job, QueueFull, new_job_id
+from sana_serve.server.cluster.store import RedisJobStore
+from sana_serve.server.jobs import Job, QueueFull, new_job_id
 
 
 def job(priority=0, prompt="a red circle moving right on a black background") -> Job:

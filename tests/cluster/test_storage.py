@@ -8,8 +8,8 @@ import pytest
 
 from sana_serve.engine.rollout import Block
 from sana_serve.engine.video import decode_video
-from sana_serve.server.storage import DirStorage, StorageFiles, StoredJobOutput, open_storage
-from sana_serve.server.store import new_job_id
+from sana_serve.server.cluster.storage import DirStorage, StorageFiles, StoredJobOutput, open_storage
+from sana_serve.server.jobs import new_job_id
 from tests.cluster.conftest import s3_bucket
 
 
@@ -56,7 +56,7 @@ def test_job_written_read_and_resumed_from_storage(storage, tmp_path):
     out.close()  # worker a dies here
 
     # An API node sees block 0 only, through the storage.
-    reader = first.replay_source(job_id)()
+    reader = first.replay_reader(job_id)
     assert reader.refresh() == 1 and reader.event(0)["frame_count"] == 32
     assert decode_video(reader.init_segment() + reader.segment(0)).shape == (32, 64, 64, 3)
 
@@ -72,7 +72,7 @@ def test_job_written_read_and_resumed_from_storage(storage, tmp_path):
     second.drop_checkpoint(job_id)
     assert second.load_checkpoint(job_id) is None
 
-    reader = first.replay_source(job_id)()
+    reader = first.replay_reader(job_id)
     assert reader.refresh() == 3
     stream = reader.init_segment() + b"".join(reader.segment(i) for i in range(3))
     video = first.local_file(job_id, "video.mp4")  # a cached download for S3, the file itself for a directory
@@ -82,4 +82,4 @@ def test_job_written_read_and_resumed_from_storage(storage, tmp_path):
     assert first.local_file(job_id, "thumbnail.png").read_bytes()[:4] == b"\x89PNG"
 
     first.remove(job_id)
-    assert storage.list(f"{job_id}/") == [] and first.replay_source(job_id)() is None
+    assert storage.list(f"{job_id}/") == [] and first.replay_reader(job_id) is None

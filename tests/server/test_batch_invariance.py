@@ -6,7 +6,9 @@ import numpy as np
 
 from sana_serve.engine.video import decode_video
 from sana_serve.server.config import ServerSettings
-from sana_serve.server.store import Job, JobFiles, SqliteJobStore, new_job_id
+from sana_serve.server.embedded.files import LocalJobFiles as JobFiles
+from sana_serve.server.embedded.store import SqliteJobStore
+from sana_serve.server.jobs import Job, new_job_id
 from sana_serve.server.worker import Worker
 
 RED = "a red circle moving right on a black background"

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from sana_serve.engine.video import decode_video
-from sana_serve.server.hub import CLOSE_TOO_SLOW, InProcessBlockHub, StreamClosed
+from sana_serve.server.embedded.hub import InProcessBlockHub
+from sana_serve.server.hub import CLOSE_TOO_SLOW, StreamClosed
 from sana_serve.server.outputs import JobOutput, block_event
 from tests.server.test_outputs import F, FPS, H, W, make_blocks
 
@@ -40,7 +41,7 @@ async def collect(hub, job_id, from_block=0, pause=0.0):
 
 def test_viewers_joining_at_any_moment_get_every_block_once(tmp_path):
     frames, blocks = make_blocks(SIZES)
-    hub = InProcessBlockHub(lambda job_id: tmp_path / job_id, max_buffered_blocks=16)
+    hub = InProcessBlockHub(lambda job_id: JobOutput.reader(tmp_path / job_id), max_buffered_blocks=16)
     started = threading.Event()
 
     async def main():
@@ -70,7 +71,7 @@ def test_viewers_joining_at_any_moment_get_every_block_once(tmp_path):
 
 def test_a_stalled_viewer_never_blocks_the_publisher(tmp_path):
     frames, blocks = make_blocks(SIZES)
-    hub = InProcessBlockHub(lambda job_id: tmp_path / job_id, max_buffered_blocks=2)
+    hub = InProcessBlockHub(lambda job_id: JobOutput.reader(tmp_path / job_id), max_buffered_blocks=2)
 
     async def main():
         sub = hub.subscribe("job", 0)

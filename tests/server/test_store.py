@@ -4,7 +4,9 @@ import time
 
 import pytest
 
-from sana_serve.server.store import Job, JobFiles, QueueFull, SqliteJobStore, new_job_id
+from sana_serve.server.embedded.files import LocalJobFiles as JobFiles
+from sana_serve.server.embedded.store import SqliteJobStore
+from sana_serve.server.jobs import Job, QueueFull, new_job_id
 
 
 def job(priority=0, **kw):
@@ -73,10 +75,13 @@ def test_job_files_reject_unsafe_ids_and_checkpoint_atomically(tmp_path):
 
 
 def test_expired_and_orphaned_jobs_are_removed(tmp_path):
-    from sana_serve.server.app import remove_expired, remove_orphans
+    from sana_serve.server.app import remove_expired
+    from sana_serve.server.embedded.files import remove_orphans
 
-    class Idle:  # the real worker's answer for a job it is not running
-        def cancel(self, job_id, delete_files):
+    class Idle:  # a runner whose worker runs none of these jobs
+        def cancel(self, job, delete):
+            if delete:
+                files.remove(job.id)
             return None
 
     store, files = SqliteJobStore(tmp_path / "jobs.db"), JobFiles(tmp_path)
@@ -87,7 +92,7 @@ def test_expired_and_orphaned_jobs_are_removed(tmp_path):
     store.finish(old.id, "completed", ttl_seconds=0)
     store.finish(fresh.id, "completed", ttl_seconds=3600)
     time.sleep(0.01)
-    assert remove_expired(store, files, Idle()) == [old.id]
+    assert remove_expired(store, Idle()) == [old.id]
     assert store.get(old.id) is None and not files.dir(old.id).exists()
     assert files.dir(fresh.id).exists() and files.dir(running.id).exists()
     orphan = new_job_id()

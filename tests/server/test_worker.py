@@ -7,7 +7,9 @@ import pytest
 from sana_serve.engine.rollout import GenerationRequest
 from sana_serve.server.config import ServerSettings
 from sana_serve.server.outputs import JobOutput
-from sana_serve.server.store import Job, JobFiles, SqliteJobStore, new_job_id
+from sana_serve.server.embedded.files import LocalJobFiles
+from sana_serve.server.embedded.store import SqliteJobStore
+from sana_serve.server.jobs import Job, new_job_id
 from sana_serve.server.worker import Busy, Worker
 
 PROMPT = "a green square moving up on a white background"
@@ -19,8 +21,10 @@ def make_worker(tmp_path, engine):
 
     def make(output_factory=None, **settings):
         settings = ServerSettings(data_dir=tmp_path, **settings)
-        store, files = SqliteJobStore(tmp_path / "jobs.db"), JobFiles(tmp_path)
-        w = Worker(settings, store, files, lambda: engine, output_factory=output_factory)
+        store, files = SqliteJobStore(tmp_path / "jobs.db"), LocalJobFiles(tmp_path)
+        if output_factory is not None:  # the job files write through this JobOutput class
+            files.open_output = lambda job_id, *geometry: output_factory(files.dir(job_id), *geometry)
+        w = Worker(settings, store, files, lambda: engine)
         workers.append(w)
         return w
 
@@ -32,7 +36,7 @@ def make_worker(tmp_path, engine):
 def submit(worker, prompt=PROMPT, seconds=1.0, priority=0):
     job = Job(id=new_job_id(), model="shapes-tiny", prompt=prompt, seconds=seconds, size="64x64", seed=1,
               num_blocks=1, num_inference_steps=1, priority=priority)
-    worker.store.create(job, 100)
+    worker.queue.create(job, 100)
     worker.notify()
     return job.id
 
@@ -63,7 +67,7 @@ def test_a_failing_job_is_marked_failed_and_others_complete(make_worker):
     (w.files.dir(bad) / "FAIL").touch()
     good = submit(w)
     w.start()
-    bad_job, good_job = wait_finished(w.store, [bad, good])
+    bad_job, good_job = wait_finished(w.queue, [bad, good])
     assert bad_job.status == "failed" and bad_job.error_code == "output_failed"
     assert "No space left on device" in bad_job.error_message
     assert good_job.status == "completed" and (w.files.dir(good) / "video.mp4").is_file()
@@ -75,7 +79,7 @@ def test_priority_runs_first_then_fifo(make_worker):
     low1, low2 = submit(w), submit(w)
     high = submit(w, priority=5)
     w.start()
-    jobs = wait_finished(w.store, [low1, low2, high])
+    jobs = wait_finished(w.queue, [low1, low2, high])
     started = sorted(jobs, key=lambda j: j.started_at)
     assert [j.id for j in started] == [high, low1, low2]
 
@@ -106,4 +110,4 @@ def test_realtime_session_follows_prompt_updates_and_stops(make_worker):
     assert blocks[1].frame_start == blocks[0].frame_count
     assert w.active_count()["session"] == 0
     # A job submitted meanwhile still runs.
-    assert wait_finished(w.store, [submit(w)])[0].status == "completed"
+    assert wait_finished(w.queue, [submit(w)])[0].status == "completed"

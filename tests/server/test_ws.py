@@ -7,6 +7,7 @@ realtime idle limit) run the same app in this process under uvicorn, so they can
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -209,7 +210,9 @@ class InProcessServer:
 
         self.settings = ServerSettings(config=str(config), data_dir=data_dir, host="127.0.0.1", torch_threads=2,
                                        log_format="text", **settings)
-        self.app = create_app(self.settings)
+        from sana_serve.server import embedded
+
+        self.app = create_app(embedded.build(self.settings), self.settings)
         # Loopback TCP autotunes a socket's send buffer up to 4 MB, far more than a test video:
         # a small, fixed one (inherited by accepted connections) plays the part of a slow link,
         # so a viewer that stops reading really does stall the server's sends.
@@ -274,7 +277,7 @@ def slow_socket(url: str) -> socket.socket:
 
 
 def test_slow_viewer_is_closed_with_a_reason_and_the_job_completes(local, local_client):
-    hub = local.app.state.hub
+    hub = local.app.state.parts.hub
     hub.max_buffered_blocks = 1
     try:
         video = create(local_client, seconds=12, seed=8)  # 6 blocks, ~100 kB of segment each
@@ -367,7 +370,7 @@ def test_realtime_prompt_update_changes_the_following_blocks(local):
 
 
 def test_realtime_bad_messages_limits_and_idle(local):
-    local.settings.extra["realtime_idle_seconds"] = 2
+    local.app.state.settings = dataclasses.replace(local.settings, realtime_idle_seconds=2)
     try:
         with realtime(local) as ws:
             ws.send("not json")
@@ -399,15 +402,15 @@ def test_realtime_bad_messages_limits_and_idle(local):
             assert info.value.rcvd.code == 1001
         # The slot is free again.
         deadline = time.monotonic() + 30
-        while local.app.state.worker.active_count()["session"] and time.monotonic() < deadline:
+        while local.app.state.parts.runner.worker.active_count()["session"] and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert local.app.state.worker.active_count()["session"] == 0
+        assert local.app.state.parts.runner.worker.active_count()["session"] == 0
     finally:
-        local.settings.extra.pop("realtime_idle_seconds", None)
+        local.app.state.settings = local.settings
 
 
 def test_realtime_slow_viewer_is_closed_and_its_slot_freed(local):
-    local.settings.extra["realtime_buffer_blocks"] = 1
+    local.app.state.settings = dataclasses.replace(local.settings, realtime_buffer_blocks=1)
     try:
         url = ws_url(local.url, "/v1/realtime")
         with connect(url, sock=slow_socket(url), max_size=None, max_queue=1, open_timeout=30) as ws:
@@ -421,8 +424,8 @@ def test_realtime_slow_viewer_is_closed_and_its_slot_freed(local):
                 close = e.rcvd
         assert close is not None and close.code == 1013 and "too slow" in close.reason, close
         deadline = time.monotonic() + 30
-        while local.app.state.worker.active_count()["session"] and time.monotonic() < deadline:
+        while local.app.state.parts.runner.worker.active_count()["session"] and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert local.app.state.worker.active_count()["session"] == 0
+        assert local.app.state.parts.runner.worker.active_count()["session"] == 0
     finally:
-        local.settings.extra.pop("realtime_buffer_blocks", None)
+        local.app.state.settings = local.settings

@@ -1,4 +1,5 @@
-"""The cluster's JobStore: job records and the queue in Redis, shared by every API node and worker.
+"""The cluster's job store: the records (JobRecords) and the queue (WorkQueue) in Redis, shared by
+every API node and worker.
 
 Layout (every key under one prefix, default `sana`):
     {p}:job:<id>        hash: the Job's fields (absent = None) + attempts, worker, stream, entry
@@ -9,7 +10,7 @@ Layout (every key under one prefix, default `sana`):
     {p}:expiry          zset id -> expires_at of finished jobs
     {p}:counts          hash status -> number of jobs (kept by the scripts, read by /metrics)
     {p}:stats           hash: reclaims, attempts_exceeded (cluster-wide counters for /metrics)
-    {p}:workers         hash worker name -> JSON heartbeat (see cluster.py)
+    {p}:workers         hash worker name -> JSON heartbeat (see cluster/worker.py)
 
 Queue semantics. `create` is one Lua script: bound check, record, stream entry, all or nothing.
 A worker calls `claim_next` only when it has a free batch slot, and it reads one entry
@@ -29,11 +30,11 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-from sana_serve.server.store import ACTIVE, FINISHED, Job, JobStore, QueueFull
+from sana_serve.server.jobs import ACTIVE, FINISHED, Job, QueueFull
 
 GROUP = "workers"
 
-_INTS = {"seed", "num_blocks", "num_inference_steps", "priority", "blocks_completed", "seq"}
+_INTS = {"seed", "num_blocks", "frames", "num_inference_steps", "priority", "blocks_completed", "seq"}
 _FLOATS = {"seconds", "guidance_scale", "created_at", "started_at", "completed_at", "expires_at"}
 _FIELDS = list(Job.__dataclass_fields__)
 
@@ -156,6 +157,11 @@ return fields
 """
 
 
+def key(prefix: str, *parts: str) -> str:
+    """A Redis key under the cluster's prefix: key("sana", "job", id) -> "sana:job:<id>"."""
+    return ":".join((prefix, *parts))
+
+
 def redis_client(url: str, asyncio_client: bool = False):
     """A client that rides out a Redis restart: connection errors are retried for ~20 s."""
     from redis.backoff import ExponentialBackoff
@@ -196,7 +202,7 @@ def _decode(fields) -> Job | None:
     return Job(**values)
 
 
-class RedisJobStore(JobStore):
+class RedisJobStore:
     """See the module docstring. `worker` names this process in the consumer group (workers
     only; API nodes pass None and never claim)."""
 
@@ -217,7 +223,7 @@ class RedisJobStore(JobStore):
         self._finish, self._delete = r.register_script(_FINISH), r.register_script(_DELETE)
 
     def key(self, *parts: str) -> str:
-        return ":".join((self.prefix, *parts))
+        return key(self.prefix, *parts)
 
     def _job_key(self, job_id: str) -> str:
         return self.key("job", job_id)

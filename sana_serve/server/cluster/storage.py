@@ -29,13 +29,12 @@ import json
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
+from sana_serve.server.jobs import check_job_id
 from sana_serve.server.outputs import JobOutput, SegmentInfo, block_event, write_atomic
-from sana_serve.server.schemas import VIDEO_ID
 
 __all__ = ["Storage", "DirStorage", "S3Storage", "open_storage", "StorageFiles", "StoredJobOutput",
            "StoredOutputReader"]
@@ -201,20 +200,23 @@ def open_storage(spec: str, endpoint_url: Optional[str] = None) -> Storage:
 
 class StorageFiles:
     """The cluster's JobFiles: checkpoints and outputs in the shared storage, and a local
-    scratch directory per job for the worker's encoder (and an API node's S3 download cache).
-    Same methods as JobFiles, so the worker code is shared."""
+    scratch directory per job for the worker's encoder (and an API node's S3 download cache)."""
 
     CHECKPOINT = "rollout.ckpt"
 
-    def __init__(self, storage: Storage, scratch_dir: str | os.PathLike):
+    def __init__(self, storage: Storage, scratch_dir: str | os.PathLike, keep_frames: bool = False):
         self.storage = storage
         self.root = Path(scratch_dir).resolve() / "videos"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.keep_frames = keep_frames
 
     def dir(self, job_id: str) -> Path:
         """The local scratch directory of a job (validated id)."""
-        _check_id(job_id)
-        return self.root / job_id
+        return self.root / check_job_id(job_id)
+
+    def open_output(self, job_id: str, width: int, height: int, fps: float, frames_per_block: int) -> "StoredJobOutput":
+        return StoredJobOutput(self.dir(job_id), width, height, fps, frames_per_block, storage=self.storage,
+                               keep_frames=self.keep_frames)
 
     def fetch(self, job_id: str) -> None:
         """Download what the storage holds of a job's stream into the scratch directory, so a
@@ -231,7 +233,7 @@ class StorageFiles:
     def save_checkpoint(self, job_id: str, snapshot: dict) -> None:
         import torch
 
-        _check_id(job_id)
+        check_job_id(job_id)
         buf = io.BytesIO()
         torch.save(snapshot, buf)
         self.storage.put(f"{job_id}/{self.CHECKPOINT}", buf.getvalue())
@@ -239,7 +241,7 @@ class StorageFiles:
     def load_checkpoint(self, job_id: str) -> dict | None:
         import torch
 
-        _check_id(job_id)
+        check_job_id(job_id)
         try:
             data = self.storage.get(f"{job_id}/{self.CHECKPOINT}")
         except FileNotFoundError:
@@ -247,33 +249,24 @@ class StorageFiles:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
     def drop_checkpoint(self, job_id: str) -> None:
-        _check_id(job_id)
+        check_job_id(job_id)
         self.storage.delete(f"{job_id}/{self.CHECKPOINT}")
 
     def remove(self, job_id: str) -> None:
         """Everything of a job: its stored objects and the local scratch."""
-        _check_id(job_id)
+        check_job_id(job_id)
         self.storage.delete_prefix(f"{job_id}/")
         shutil.rmtree(self.dir(job_id), ignore_errors=True)
 
-    def write_json(self, job_id: str, name: str, data: dict) -> None:
-        _check_id(job_id)
-        self.storage.put(f"{job_id}/{name}", json.dumps(data).encode())
-
-    def replay_source(self, job_id: str):
-        """For hub._Replay: a reader of the stored blocks, or None until the first is stored."""
-        _check_id(job_id)
-
-        def open_reader() -> Optional[StoredOutputReader]:
-            reader = StoredOutputReader(self.storage, job_id)
-            return reader if reader.exists() else None
-
-        return open_reader
+    def replay_reader(self, job_id: str) -> Optional["StoredOutputReader"]:
+        """A reader of the stored blocks, or None until the first is stored."""
+        reader = StoredOutputReader(self.storage, check_job_id(job_id))
+        return reader if reader.exists() else None
 
     def local_file(self, job_id: str, name: str) -> Optional[Path]:
         """A local path with the stored file `name` of a job (downloaded once into the scratch
         cache if the storage is remote); None if it is not stored."""
-        _check_id(job_id)
+        check_job_id(job_id)
         key = f"{job_id}/{name}"
         path = self.storage.local_path(key)
         if path is not None:
@@ -285,15 +278,8 @@ class StorageFiles:
             except FileNotFoundError:
                 return None
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(f".{cached.name}.{uuid.uuid4().hex[:8]}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, cached)
+            write_atomic(cached, data)
         return cached
-
-
-def _check_id(job_id: str) -> None:
-    if not isinstance(job_id, str) or not VIDEO_ID.fullmatch(job_id):
-        raise ValueError(f"not a video id: {job_id!r}")
 
 
 class StoredJobOutput(JobOutput):
