@@ -1,4 +1,4 @@
-"""sana-serve HTTP server: OpenAI-compatible Videos API over the engine (see DESIGN.md, Contracts).
+"""sana-serve HTTP server: OpenAI-compatible Videos API over the engine (the README's Server section).
 
 One HTTP layer over two backends, each behind the interfaces it implements:
 

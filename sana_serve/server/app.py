@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import sys
@@ -150,7 +151,7 @@ def create_app(parts: Parts, settings: ServerSettings) -> FastAPI:
                               "WS /v1/videos/{id}/stream; WS /v1/realtime runs an endless, steerable stream.")
     app.state.parts, app.state.settings = parts, settings
     install_error_handlers(app)
-    _document_model_limits(app, parts.model_config)
+    _document_model_limits(app, parts)
     app.include_router(operations.router)
     if parts.serves_api:
         app.include_router(videos.router)
@@ -164,34 +165,70 @@ def create_app(parts: Parts, settings: ServerSettings) -> FastAPI:
     return app
 
 
-def _document_model_limits(app: FastAPI, cfg) -> None:
-    """Put the served model's limits into /openapi.json, so clients (and fuzzers) see what is valid."""
-    def openapi():
-        if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
+def _document_model_limits(app: FastAPI, parts: Parts) -> None:
+    """Write every limit the server enforces on a create request into /openapi.json (the same
+    values server.validation checks), so clients and fuzzers see exactly what is valid. The
+    served model's rules (sizes, frame counts) are known once it is loaded (on an API node: once
+    a worker registered it); until then the document is rebuilt on every request."""
+    from fastapi.openapi.utils import get_openapi
 
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    from sana_serve.server.validation import NO_NUL_PATTERN, PROMPT_PATTERN, min_seconds, seconds_pattern
+
+    def bound(prop: dict, **constraints) -> None:
+        for option in prop.get("anyOf", [prop]):
+            if option.get("type") not in (None, "null"):
+                option.update(constraints)
+
+    def openapi():
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        cfg, rules = parts.model_config, parts.runner.rules
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        create = schema["paths"].get("/v1/videos", {}).get("post")
+        if create is not None:
             lim, v = cfg.limits, cfg.video
-            body = schema["paths"]["/v1/videos"]["post"]["requestBody"]["content"]
-            for media in body.values():
-                props = media["schema"]["properties"]
-                props["prompt"].update(minLength=1, maxLength=lim.max_prompt_chars)
-                props["negative_prompt"]["maxLength"] = lim.max_prompt_chars
-                for name, bounds in (("num_inference_steps", {"minimum": 1, "maximum": lim.max_steps}),
-                                     ("guidance_scale", {"minimum": lim.min_guidance, "maximum": lim.max_guidance}),
-                                     ("size", {"enum": [f"{v.width}x{v.height}"]}), ("fps", {"enum": [v.fps]}),
-                                     ("model", {"enum": [cfg.name]})):
-                    for option in props[name].get("anyOf", [props[name]]):
-                        if option.get("type") != "null":
-                            option.update(bounds)
-                props["seconds"]["description"] += f" At most {lim.max_seconds:g} for this model."
+            max_frames = int(lim.max_seconds * v.fps)
+            for media in create["requestBody"]["content"].values():
+                body = media["schema"]
+                props = body["properties"]
+                props["prompt"].update(minLength=1, maxLength=lim.max_prompt_chars, pattern=PROMPT_PATTERN)
+                bound(props["negative_prompt"], maxLength=lim.max_prompt_chars, pattern=NO_NUL_PATTERN)
+                bound(props["num_inference_steps"], minimum=1, maximum=lim.max_steps)
+                bound(props["guidance_scale"], minimum=lim.min_guidance, maximum=lim.max_guidance)
+                bound(props["fps"], enum=[v.fps])
+                bound(props["model"], enum=[cfg.name])
+                sizes = rules.allowed_sizes() if rules is not None else [(v.width, v.height)]
+                if sizes is not None:
+                    bound(props["size"], enum=[f"{w}x{h}" for w, h in sizes])
+                else:
+                    bound(props["size"], pattern=r"^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$")
+                    props["size"]["description"] += (f" Both sides multiples of {rules.size_multiple}, at most "
+                                                     f"{v.width * v.height} pixels.")
                 for option in props["seconds"]["anyOf"]:
                     if option.get("type") == "number":
-                        option.update(exclusiveMinimum=0, maximum=lim.max_seconds)
+                        option.update(exclusiveMinimum=min_seconds(cfg, rules), maximum=lim.max_seconds)
                     elif option.get("type") == "string":
-                        option["pattern"] = r"^[0-9]+(\.[0-9]*)?$"
+                        option["pattern"] = seconds_pattern(cfg, rules)
+                props["seconds"]["description"] += (f" At most {lim.max_seconds:g} for this model; as a string, "
+                                                     f"at most two decimals.")
+                if rules is not None and rules.first_frame_alone and max_frames <= 1024:
+                    bound(props["frames"], enum=[f for f in range(1, max_frames + 1) if rules.valid_frames(f)])
+                else:
+                    bound(props["frames"], minimum=1, maximum=max_frames)
+                # seconds or frames, not both
+                body["not"] = {"required": ["seconds", "frames"], "properties": {
+                    "seconds": {"not": {"type": "null"}}, "frames": {"not": {"type": "null"}}}}
+            form = create["requestBody"]["content"].get("multipart/form-data")
+            if form is not None:  # a form has no null: a field is sent or left out
+                form["schema"] = copy.deepcopy(form["schema"])
+                for prop in form["schema"]["properties"].values():
+                    if "anyOf" in prop:
+                        prop["anyOf"] = [o for o in prop["anyOf"] if o.get("type") != "null"]
+                form["schema"].pop("not")
+                form["schema"]["not"] = {"required": ["seconds", "frames"]}
+        if rules is not None:
             app.openapi_schema = schema
-        return app.openapi_schema
+        return schema
 
     app.openapi = openapi
 

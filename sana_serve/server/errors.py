@@ -42,14 +42,14 @@ class BodyTooLarge(APIError):
         super().__init__(413, f"request body is larger than {limit} bytes", None, "body_too_large")
 
 
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def allowed_methods(app: FastAPI, scope) -> list[str]:
     """Every method some route of the app answers at this request's path (for 405's Allow)."""
-    methods = set()
-    for route in app.router.routes:
-        route_methods = getattr(route, "methods", None)
-        if route_methods and route.matches({**scope, "method": next(iter(route_methods))})[0] == Match.FULL:
-            methods |= route_methods
-    return sorted(methods)
+    probe = {"type": "http", "path": scope["path"], "root_path": scope.get("root_path", "")}
+    return [method for method in HTTP_METHODS
+            if any(route.matches({**probe, "method": method})[0] == Match.FULL for route in app.router.routes)]
 
 
 def install_error_handlers(app: FastAPI) -> None:

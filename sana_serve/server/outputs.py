@@ -43,7 +43,7 @@ _SEGMENT_NAME = re.compile(r"^(\d{6,})-(\d{6,})-(\d+)\.m4s$")
 
 
 def block_event(index: int, frame_start: int, frame_count: int, num_blocks: Optional[int]) -> dict:
-    """The websocket event announcing a block (DESIGN.md, Contracts); live and replayed alike."""
+    """The websocket event announcing a block (the README's Server section); live and replayed alike."""
     progress = None if not num_blocks else min(100, (index + 1) * 100 // num_blocks)
     return {"type": "video.block", "index": index, "frame_start": frame_start,
             "frame_count": frame_count, "num_blocks": num_blocks, "progress": progress}

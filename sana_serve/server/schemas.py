@@ -52,7 +52,7 @@ class CreateVideoRequest(BaseModel):
                                                     "(Wan VAE models: 1 + 4k, e.g. 81).")
     size: Optional[str] = Field(None, description="'WxH': the served model's size, or one of its checkpoint's "
                                                   "resolution bins.")
-    negative_prompt: str = Field("", description="Extension: what to steer away from (with guidance > 1).")
+    negative_prompt: Optional[str] = Field("", description="Extension: what to steer away from (with guidance > 1).")
     seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="Extension: noise seed (random if unset).")
     num_inference_steps: Optional[int] = Field(None, description="Extension: denoising steps per block.")
     guidance_scale: Optional[float] = Field(None, description="Extension: classifier-free guidance scale.")

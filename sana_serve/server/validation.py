@@ -17,9 +17,60 @@ from sana_serve.engine.config import ModelConfig
 from sana_serve.engine.rollout import FULL_SEQUENCE_ENDLESS, GenerationRequest, RequestRules
 from sana_serve.server.schemas import APIError, CreateVideoRequest
 
-SIZE = re.compile(r"^\s*(\d{1,5})x(\d{1,5})\s*$")
-SECONDS = re.compile(r"^[0-9]+(\.[0-9]*)?$|^\.[0-9]+$")
+SIZE = re.compile(r"^([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
 MAX_SEED = 2**63 - 1
+# A prompt: not blank, no NUL (SQLite and C strings end there). Python's \s is str.strip()'s whitespace.
+PROMPT_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
+NO_NUL_PATTERN = r"^[^\x00]*$"
+
+
+def _frames(seconds: float, cfg: ModelConfig, rules: Optional[RequestRules]) -> int:
+    return rules.total_frames(seconds) if rules is not None else round(seconds * cfg.video.fps)
+
+
+def min_seconds(cfg: ModelConfig, rules: Optional[RequestRules]) -> float:
+    """The exclusive lower bound of `seconds`: shorter videos round to no frame at all (a causal
+    VAE's first frame stands alone, so with one any positive length makes a frame)."""
+    if rules is not None and rules.first_frame_alone:
+        return 0.0
+    return 0.5 / cfg.video.fps  # round(seconds * fps) >= 1
+
+
+def seconds_pattern(cfg: ModelConfig, rules: Optional[RequestRules]) -> str:
+    """`seconds` as a string (the openai SDK sends "4"): a decimal with at most two digits after
+    the point, that makes at least one frame and is at most the model's max_seconds. The server
+    accepts exactly these strings, so the OpenAPI document can say so."""
+    top = int(round(cfg.limits.max_seconds * 100))  # in hundredths
+
+    def fractions(lo: int, hi: int) -> str:  # hundredths lo..hi of one second, as ".d" / ".dd" (or none for 0)
+        alts = []
+        for h in range(lo, hi + 1):
+            alts += [""] if h == 0 else []
+            alts += [rf"\.{h // 10}" + ("0?" if h % 10 == 0 else str(h % 10))] if h else [r"\.00?"]
+        return "(?:" + "|".join(alts) + ")"
+
+    first = next((h for h in range(1, 100) if _frames(h / 100, cfg, rules) >= 1), 100)
+    whole, last = divmod(top, 100)
+    alternatives = [f"0{fractions(first, 99 if whole else last)}"] if first <= (99 if whole else last) else []
+    if whole > 1:  # 1 .. whole-1 with any fraction
+        alternatives.append("(?:" + "|".join(str(i) for i in range(1, whole)) + r")(?:\.[0-9]{1,2})?")
+    if whole >= 1:
+        alternatives.append(f"{whole}{fractions(0, last)}")
+    return "^(?:" + "|".join(alternatives) + ")$"
+
+
+def parse_seconds(value, cfg: ModelConfig, rules: Optional[RequestRules]) -> float:
+    """A number, or a string matching `seconds_pattern`, -> float; else ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("seconds must be a number")
+    if isinstance(value, str):
+        if not re.fullmatch(seconds_pattern(cfg, rules), value):
+            raise ValueError(f"seconds must be a positive number of at most {cfg.limits.max_seconds:g} with at most "
+                             f"two decimals that makes at least one frame, got {value[:40]!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError("seconds must be a finite number")
+    return value
 
 
 def invalid(param: Optional[str], message: str, code: str = "invalid_value") -> APIError:
@@ -28,24 +79,10 @@ def invalid(param: Optional[str], message: str, code: str = "invalid_value") -> 
 
 def parse_size(size: str) -> tuple[int, int]:
     """'WxH' -> (width, height); ValueError if it is not one."""
-    m = SIZE.fullmatch(size.lower())
-    if m is None or int(m[1]) < 1 or int(m[2]) < 1:
+    m = SIZE.fullmatch(size)
+    if m is None:
         raise ValueError(f"size must be 'WIDTHxHEIGHT', got {size[:40]!r}")
     return int(m[1]), int(m[2])
-
-
-def parse_seconds(value) -> float:
-    """'4', '2.5', 4, 4.0 -> float; anything else raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError("seconds must be a number")
-    if isinstance(value, str):
-        value = value.strip()
-        if not SECONDS.fullmatch(value):
-            raise ValueError(f"seconds must be a positive number, got {value[:40]!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError("seconds must be a finite number")
-    return value
 
 
 def check_prompt(prompt, cfg: ModelConfig, param: str = "prompt", required: bool = True) -> str:
@@ -108,7 +145,7 @@ def video_request(body: CreateVideoRequest, cfg: ModelConfig, rules: RequestRule
         seconds = frames / video.fps
     else:
         try:
-            seconds = default_seconds if body.seconds is None else parse_seconds(body.seconds)
+            seconds = default_seconds if body.seconds is None else parse_seconds(body.seconds, cfg, rules)
         except (ValueError, TypeError, OverflowError) as e:
             raise invalid("seconds", str(e)) from None
         if seconds <= 0:

@@ -46,7 +46,8 @@ async def _wait_released(released) -> None:
         await asyncio.get_running_loop().run_in_executor(None, released.wait, 60.0)
 
 
-async def _read_create_body(request: Request) -> dict:
+async def _read_create_body(request: Request) -> tuple[dict, bool]:
+    """The body's fields, and whether it was JSON."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype in ("", "application/json"):
         raw = await request.body()
@@ -72,7 +73,7 @@ async def _read_create_body(request: Request) -> dict:
                        None, "unsupported_media_type")
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object with at least a `prompt`", None, "invalid_body")
-    return data
+    return data, ctype in ("", "application/json")
 
 
 def _create_request_body() -> dict:
@@ -93,9 +94,9 @@ def model_not_ready(runner: Runner) -> APIError:
 async def create_video(request: Request, records: Records, runner: TheRunner, cfg: Model,
                        settings: Settings) -> Video:
     """Queue a text-to-video job. Accepts JSON or multipart/form-data (what the openai SDK sends)."""
-    data = await _read_create_body(request)
-    try:
-        body = CreateVideoRequest.model_validate(data)
+    data, is_json = await _read_create_body(request)
+    try:  # JSON values have types; in a form every value is a string the model converts
+        body = CreateVideoRequest.model_validate(data, strict=is_json)
     except ValidationError as e:
         raise validation_error(e.errors()) from None
     rules = runner.rules
@@ -125,7 +126,7 @@ async def list_videos(records: Records, runner: TheRunner,
                       limit: int = Query(20, ge=1, le=100), order: Literal["asc", "desc"] = "desc") -> VideoList:
     jobs, has_more = records.list(after, limit, order)
     if after is not None and not jobs and records.get(after) is None:
-        raise APIError(400, f"after: no video with id {after!r}", "after", "not_found")
+        raise APIError(404, f"after: no video with id {after!r}", "after", "not_found")
     data = [to_video(j, runner) for j in jobs]
     return VideoList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
                      has_more=has_more)
@@ -170,12 +171,9 @@ async def cancel_video(video_id: str, records: Records, runner: TheRunner, setti
             responses={200: {"content": {"video/mp4": {}, "image/png": {}}}, 206: {"description": "Partial content"},
                        416: {"model": ErrorResponse}})
 async def download_content(video_id: str, records: Records, files: Files,
-                           variant: Literal["video", "thumbnail", "spritesheet"] = "video"):
+                           variant: Literal["video", "thumbnail"] = "video"):
     """Supports HTTP Range requests (206 Partial Content) for seeking video players."""
     job = job_or_404(records, video_id)
-    if variant == "spritesheet":
-        raise APIError(400, "variant 'spritesheet' is not available on this server; use video or thumbnail",
-                       "variant", "unsupported")
     if job.status != "completed":
         raise APIError(404, f"video {video_id} is not ready: status {job.status}, {job.progress}% done"
                        + (" (stream it live over WS /v1/videos/{id}/stream)" if job.status in ACTIVE else ""),
