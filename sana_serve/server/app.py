@@ -224,6 +224,8 @@ def _document_model_limits(app: FastAPI, parts: Parts) -> None:
                 for prop in form["schema"]["properties"].values():
                     if "anyOf" in prop:
                         prop["anyOf"] = [o for o in prop["anyOf"] if o.get("type") != "null"]
+                seconds = form["schema"]["properties"]["seconds"]  # and every value is text: the string form
+                seconds["anyOf"] = [o for o in seconds["anyOf"] if o.get("type") == "string"]
                 form["schema"].pop("not")
                 form["schema"]["not"] = {"required": ["seconds", "frames"]}
         if rules is not None:

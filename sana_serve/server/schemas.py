@@ -8,9 +8,9 @@ sizes, fps) are checked in server.validation and written into /openapi.json by s
 from __future__ import annotations
 
 import re
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 JobStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
 VIDEO_ID = re.compile(r"^video_[0-9a-f]{32}$")
@@ -39,6 +39,17 @@ class ErrorResponse(BaseModel):
 
 
 # -- requests --------------------------------------------------------------------------------
+def _integral(value):
+    """JSON Schema's integer includes 4.0: take it as 4 (JSON bodies are validated strictly)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# (bounds before the validator: pydantic puts them into the JSON schema only in that order)
+Integer = Annotated[int, BeforeValidator(_integral)]
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1), BeforeValidator(_integral)]
+Priority = Annotated[int, Field(ge=-100, le=100), BeforeValidator(_integral)]
+
+
 class CreateVideoRequest(BaseModel):
     """POST /v1/videos, as JSON or multipart/form-data (what the openai SDK sends)."""
 
@@ -48,16 +59,17 @@ class CreateVideoRequest(BaseModel):
     model: Optional[str] = Field(None, description="Model name; defaults to the served model.")
     seconds: Union[str, float, None] = Field(None, description="Duration in seconds (string or number); the "
                                              "frame count is the nearest the model makes (Wan VAE: 1 + 4k).")
-    frames: Optional[int] = Field(None, description="Extension: exact frame count instead of seconds "
+    frames: Optional[Integer] = Field(None, description="Extension: exact frame count instead of seconds "
                                                     "(Wan VAE models: 1 + 4k, e.g. 81).")
     size: Optional[str] = Field(None, description="'WxH': the served model's size, or one of its checkpoint's "
                                                   "resolution bins.")
     negative_prompt: Optional[str] = Field("", description="Extension: what to steer away from (with guidance > 1).")
-    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="Extension: noise seed (random if unset).")
-    num_inference_steps: Optional[int] = Field(None, description="Extension: denoising steps per block.")
+    seed: Optional[Seed] = Field(
+        None, description="Extension: noise seed (random if unset).")
+    num_inference_steps: Optional[Integer] = Field(None, description="Extension: denoising steps per block.")
     guidance_scale: Optional[float] = Field(None, description="Extension: classifier-free guidance scale.")
-    fps: Optional[int] = Field(None, description="Extension: must equal the served model's fps.")
-    priority: int = Field(0, ge=-100, le=100, description="Extension: higher runs first; FIFO within a priority.")
+    fps: Optional[Integer] = Field(None, description="Extension: must equal the served model's fps.")
+    priority: Priority = Field(0, description="Extension: higher runs first; FIFO within a priority.")
 
     @field_validator("negative_prompt", mode="before")
     @classmethod

@@ -67,7 +67,6 @@ async def _read_create_body(request: Request) -> tuple[dict, bool]:
             if not isinstance(value, str):
                 raise APIError(400, f"{key}: file uploads are not supported by this server", key, "unsupported")
             data[key] = value
-        data = {k: v for k, v in data.items() if not (v == "" and k != "prompt")}  # empty form field = unset
     else:
         raise APIError(415, f"unsupported content type {ctype[:80]!r}; send application/json or multipart/form-data",
                        None, "unsupported_media_type")
