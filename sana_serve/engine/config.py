@@ -118,10 +118,6 @@ class ModelConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: Path | None = None
 
-    @property
-    def is_random(self) -> bool:
-        return self.checkpoint is None and self.checkpoint_repo is None
-
 
 def _section(cls, data, where):
     if data is None:

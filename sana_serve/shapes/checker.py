@@ -1,6 +1,6 @@
 """The quality checker: does a video show what its prompt asks for in the Shapes world?
 
-Written from the spec in DESIGN.md, not from any model, so it can judge any generator
+Written from the world's spec (shapes/world.py), not from any model, so it can judge any generator
 (ours, a baseline, or the renderer itself). It must tolerate what a small generative model
 and H.264 do to a video (soft edges, noise, slightly-off colours, 4:2:0 chroma smear) while
 still rejecting the wrong colour, shape, direction or background, a second object, noise,

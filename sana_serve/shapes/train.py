@@ -120,13 +120,6 @@ class Checkpointer:
                 csv.writer(f).writerows(kept)
             os.replace(tmp, self.log_path)
 
-    def export_weights_only(self, dest: Path) -> None:
-        """A smaller resumable snapshot (no optimizer state), e.g. to carry a run across machines."""
-        ck = torch.load(self.path, map_location="cpu", weights_only=False)
-        ck.pop("opt", None)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(ck, dest)
-
     def save(self, model, opt, step: int, extra: dict | None = None) -> None:
         tmp = self.path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "opt_kind": type(opt).__name__, "step": step,

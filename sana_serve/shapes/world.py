@@ -1,6 +1,6 @@
 """The Shapes world: the universe the embedded default model is trained on and judged in.
 
-Everything here follows DESIGN.md ("The Shapes world") to the pixel, because two other
+Everything here follows the world's spec (the constants below) to the pixel, because two other
 parts depend on it being exact: the trainer renders its data set from `render`, and the
 checker (`engine.shapes.checker`) judges generated video against the same spec. numpy only,
 so the data pipeline and the eval never need torch.

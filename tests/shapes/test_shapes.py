@@ -1,4 +1,4 @@
-"""The Shapes world: renderer vs the spec in DESIGN.md, prompts, the held-out split, and the
+"""The Shapes world: renderer vs the spec in shapes/world.py, prompts, the held-out split, and the
 quality checker (accepts every rendered combination, also degraded; rejects what it must)."""
 
 import math

@@ -205,11 +205,6 @@ class TextContext:
         biases = [c.bias for c in contexts]
         return TextContext(kv, None if biases[0] is None else torch.cat(biases))
 
-    def select(self, index: torch.Tensor) -> "TextContext":
-        """Rows `index` of the batch (used by the scheduler to mix requests)."""
-        return TextContext([(k[index], v[index]) for k, v in self.kv],
-                           None if self.bias is None else self.bias[index])
-
 
 class SanaVideoTransformer(nn.Module):
     def __init__(
