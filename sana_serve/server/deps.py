@@ -12,13 +12,9 @@ from starlette.requests import HTTPConnection
 
 from sana_serve.engine.config import ModelConfig
 from sana_serve.server.config import ServerSettings
-from sana_serve.server.interfaces import BlockHub, JobFiles, JobRecords, Parts, Runner
+from sana_serve.server.interfaces import BlockHub, JobFiles, JobRecords, Runner
 from sana_serve.server.jobs import Job
 from sana_serve.server.schemas import VIDEO_ID, APIError
-
-
-def get_parts(conn: HTTPConnection) -> Parts:
-    return conn.app.state.parts
 
 
 def get_settings(conn: HTTPConnection) -> ServerSettings:
