@@ -19,10 +19,19 @@ from tests.contracts.backends import CLOSE_TOO_SLOW, FRAMES_PER_BLOCK, HEIGHT, W
 N = 6
 
 
+def sizes(n=N):
+    """Frames per block: the remainder first (as the engine cuts a video), then whole blocks."""
+    return [FRAMES_PER_BLOCK // 2] + [FRAMES_PER_BLOCK] * (n - 1)
+
+
+def starts(n=N):
+    return [sum(sizes(n)[:i]) for i in range(n)]
+
+
 def make_blocks(n=N):
     rng = np.random.default_rng(0)
-    return [Block(i, i * FRAMES_PER_BLOCK, rng.integers(0, 255, (FRAMES_PER_BLOCK, HEIGHT, WIDTH, 3), np.uint8),
-                  n, 0.1) for i in range(n)]
+    return [Block(i, start, rng.integers(0, 255, (size, HEIGHT, WIDTH, 3), np.uint8), n, 0.1)
+            for i, (start, size) in enumerate(zip(starts(n), sizes(n)))]
 
 
 def produce(side, job_id, blocks, delay=0.0, started: threading.Event | None = None, end="video.completed"):
@@ -72,14 +81,14 @@ def test_viewers_joining_at_any_moment_get_every_block_once(make_hub):
 
     results, beyond = asyncio.run(main())
     whole = decode_video(results[0][1])
-    assert whole.shape == (N * FRAMES_PER_BLOCK, HEIGHT, WIDTH, 3)
+    assert whole.shape == (sum(sizes()), HEIGHT, WIDTH, 3)
     for (events, payload, end), start in zip(results, [0, 0, 3, 4]):
         assert [e["index"] for e in events] == list(range(start, N))  # no gap, no repeat
         assert all(e["id"] == job_id and e["num_blocks"] == N and e["type"] == "video.block" for e in events)
-        assert [e["frame_start"] for e in events] == [i * FRAMES_PER_BLOCK for i in range(start, N)]
+        assert [(e["frame_start"], e["frame_count"]) for e in events] == list(zip(starts(), sizes()))[start:]
         assert end == {"type": "video.completed", "id": job_id}
         assert payload[4:8] == b"ftyp"  # the init segment first, whatever block the viewer joined at
-        assert np.array_equal(decode_video(payload), whole[start * FRAMES_PER_BLOCK:])  # one playable stream
+        assert np.array_equal(decode_video(payload), whole[starts()[start]:])  # one playable stream
     assert beyond == ([], b"", {"type": "video.completed", "id": job_id})
     assert side.viewer.viewers() == 0
 
@@ -99,8 +108,8 @@ def test_a_failed_job_ends_its_streams_with_the_failure(make_hub):
     (events, payload, end), (late_events, late_payload, late_end) = asyncio.run(main())
     assert [e["index"] for e in events] == [0, 1] and [e["index"] for e in late_events] == [1]
     assert end == late_end == {"type": "video.failed", "id": job_id}
-    assert decode_video(payload).shape[0] == 2 * FRAMES_PER_BLOCK
-    assert decode_video(late_payload).shape[0] == FRAMES_PER_BLOCK
+    assert decode_video(payload).shape[0] == sum(sizes()[:2])
+    assert decode_video(late_payload).shape[0] == sizes()[1]
     assert side.viewer.viewers() == 0
 
 

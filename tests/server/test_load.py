@@ -58,9 +58,9 @@ def stream_job(server, video_id: str) -> dict:
     return {"id": video_id, "events": events, "payload": bytes(payload), "end": end, "close": close_code}
 
 
-def test_fifty_submissions_and_ten_streams_at_once(server, client):
+def test_fifty_submissions_and_ten_streams_at_once(server, server_client):
     rss_before = server.rss_bytes()
-    completed_before = completed_counter(client)
+    completed_before = completed_counter(server_client)
     started = time.monotonic()
 
     cond = threading.Condition()
@@ -130,11 +130,11 @@ def test_fifty_submissions_and_ten_streams_at_once(server, client):
     assert any(w["live"] for w in watched)  # streams watched running jobs, not only replays
 
     for vid in accepted:
-        v = wait_for(client, vid, finished, timeout=WAIT, interval=0.2)
+        v = wait_for(server_client, vid, finished, timeout=WAIT, interval=0.2)
         assert v["status"] == "completed" and v["blocks_completed"] == v["num_blocks"] == BLOCKS, v
-    listed = client.get("/v1/videos", params={"limit": 100}).json()["data"]
+    listed = server_client.get("/v1/videos", params={"limit": 100}).json()["data"]
     assert sorted(v["id"] for v in listed) == sorted(accepted)  # nothing lost, nothing extra
-    assert completed_counter(client) - completed_before == len(accepted)
+    assert completed_counter(server_client) - completed_before == len(accepted)
 
     # Each accepted job completed exactly once (the structured log carries the job id).
     completions = {}
@@ -146,7 +146,7 @@ def test_fifty_submissions_and_ten_streams_at_once(server, client):
     assert all(completions.get(vid) == 1 for vid in accepted), completions
 
     # Concurrent jobs were advanced together: some engine steps carried more than one rollout.
-    text = client.get("/metrics").text
+    text = server_client.get("/metrics").text
     steps, rollouts = metric(text, "sana_engine_batch_size_count"), metric(text, "sana_engine_batch_size_sum")
     print(f"{rollouts / steps:.2f} rollouts per engine step on average")
     assert rollouts / steps > 1.2
