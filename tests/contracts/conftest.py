@@ -51,7 +51,10 @@ def _storage(kind: str, request, tmp_path):
     return backends.s3_storage(endpoint, bucket)
 
 
-@pytest.fixture(params=["embedded", "cluster"])
+CLUSTER = pytest.mark.processes  # the cluster's backends need a redis-server
+
+
+@pytest.fixture(params=["embedded", pytest.param("cluster", marks=CLUSTER)])
 def queue_side(request, tmp_path) -> backends.QueueSide:
     """The job records and work queue of one backend."""
     if request.param == "embedded":
@@ -59,7 +62,8 @@ def queue_side(request, tmp_path) -> backends.QueueSide:
     return backends.cluster_queue(request.getfixturevalue("contract_redis").url)
 
 
-@pytest.fixture(params=["embedded", "cluster-dir", "cluster-s3"])
+@pytest.fixture(params=["embedded", pytest.param("cluster-dir", marks=CLUSTER),
+                        pytest.param("cluster-s3", marks=CLUSTER)])
 def make_hub(request, tmp_path):
     """make_hub(max_buffered_blocks=8) -> HubSide of one backend (the cluster's on both storages)."""
     if request.param == "embedded":
@@ -69,7 +73,7 @@ def make_hub(request, tmp_path):
     return lambda **kw: backends.cluster_hub(tmp_path, url, storage, **kw)
 
 
-@pytest.fixture(params=["embedded", "cluster-dir", "cluster-s3"])
+@pytest.fixture(params=["embedded", "cluster-dir", "cluster-s3"])  # no redis: in-process
 def files_side(request, tmp_path) -> backends.FilesSide:
     """The job files of one backend (the cluster's on a shared directory and on S3)."""
     if request.param == "embedded":

@@ -29,6 +29,11 @@ def test_delete_running_job_is_fast_and_others_continue(client, deployment):
     assert client.delete(f"/v1/videos/{long['id']}").status_code == 404
     assert not deployment.job_dir(long["id"]).exists()
     assert wait_for(client, short["id"], finished)["status"] == "completed"
+    # The deleted job's slot is free: at once in `serve` (the DELETE cancels in-process), at the
+    # worker's next step boundary in the cluster (it reads its jobs' records every step).
+    deadline = time.monotonic() + 30
+    while active_job_rollouts(deployment) != 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert active_job_rollouts(deployment) == 0
 
 

@@ -170,6 +170,7 @@ def test_cancelled_job_ends_the_stream(deployment, client):
     assert end["type"] == "video.failed" and end["error"]["code"] in ("cancelled", "deleted")
 
 
+@pytest.mark.processes
 def test_stream_continues_across_a_kill9(tmp_path, test_config):
     """SIGKILL after block 0 was watched, restart, reconnect with from_block=1: the stitched
     stream has every frame once and equals an uninterrupted run's stream, pixel for pixel
