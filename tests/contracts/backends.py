@@ -2,23 +2,25 @@
 
 Every contract test (tests/contracts/test_*.py) asks this module for "the embedded X" or "the
 cluster X" and then talks only to the interface: the job records and work queue, the block hub,
-the job files. When the server's backends move behind `sana_serve/server/interfaces.py`
-(`embedded/` and `cluster/` packages with `build(settings) -> Parts`), this file is the only one
-that changes: the imports below, and the three small adapters marked TODAY, which give today's
-embedded classes the interface methods only the cluster classes have yet (the embedded store's
-`renew` does nothing and `statuses` reads the records; the embedded files' `fetch` has nothing
-to download; the replay reader is reached one way).
+the job files (`sana_serve/server/interfaces.py`: JobRecords, WorkQueue, BlockHub, JobFiles).
+
+Two layouts of the server are served here, so the suite runs before and after the refactor that
+moved the backends behind `server/interfaces.py` (packages `server.embedded` and `server.cluster`):
+`INTERFACES` says which one was found. With the old layout (no `server.interfaces`), three small
+adapters give the old embedded classes the interface methods they lacked (the store's `renew`
+and `statuses`, the files' `fetch`), and the block writer and replay reader are reached the old
+way; once only the new layout exists, delete every `if not INTERFACES` branch and `_Old*` class.
 
 Shapes handed to the tests:
 - `QueueSide`: `records` (what an API node reads and writes), `worker(name)` (a worker's queue:
   claim_next, in_progress, set_progress, renew, finish, statuses), `restart()` (the same data
   seen by fresh objects, as after a process restart: a reopened SQLite file, new Redis clients).
 - `HubSide`: `publisher` (the worker's hub), `viewer` (an API node's hub; the same object in the
-  embedded server), `output(job_id)` (the worker's block writer for a job, into `writer_files`).
+  embedded server), `output(job_id)` (the worker's block writer for a job).
 - `FilesSide`: `writer` (the worker's files), `reader` (an API node's), `fresh()` (another
   worker's, with an empty scratch directory), `output(files, job_id)` (a block writer),
-  `replay(files, job_id)` (the reader a websocket replay uses, None until a block is stored),
   `stored(job_id)` (names of what the backend keeps of a job: [] once removed).
+- `replay_reader(files, job_id)`: the reader a websocket replay uses, None until a block is stored.
 """
 from __future__ import annotations
 
@@ -27,42 +29,75 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from sana_serve.server.hub import CLOSE_TOO_SLOW, InProcessBlockHub, StreamClosed  # noqa: F401 (re-exported)
+from sana_serve.server.hub import CLOSE_TOO_SLOW, StreamClosed  # noqa: F401 (re-exported)
 from sana_serve.server.outputs import JobOutput
-from sana_serve.server.store import Job, JobFiles, QueueFull, SqliteJobStore, new_job_id  # noqa: F401 (re-exported)
+
+try:
+    import sana_serve.server.interfaces  # noqa: F401
+
+    INTERFACES = True
+except ImportError:
+    INTERFACES = False
+
+if INTERFACES:
+    from sana_serve.server.cluster.hub import RedisBlockHub
+    from sana_serve.server.cluster.storage import DirStorage, StorageFiles, open_storage
+    from sana_serve.server.cluster.store import RedisJobStore
+    from sana_serve.server.embedded.files import LocalJobFiles
+    from sana_serve.server.embedded.hub import InProcessBlockHub
+    from sana_serve.server.embedded.store import SqliteJobStore
+    from sana_serve.server.jobs import Job, QueueFull, new_job_id  # noqa: F401 (re-exported)
+else:
+    from sana_serve.server.cluster import RedisBlockHub
+    from sana_serve.server.hub import InProcessBlockHub
+    from sana_serve.server.redis_store import RedisJobStore
+    from sana_serve.server.storage import DirStorage, StorageFiles, StoredJobOutput, open_storage
+    from sana_serve.server.store import Job, JobFiles, QueueFull, SqliteJobStore, new_job_id  # noqa: F401
+
+    class _OldEmbeddedStore(SqliteJobStore):
+        """SqliteJobStore with the work queue's `renew` and `statuses`."""
+
+        def renew(self, job_ids: list[str]) -> list[str]:
+            return []  # one process: nobody else can take a job, nothing to renew, nothing lost
+
+        def statuses(self, job_ids: list[str]) -> list[Optional[str]]:
+            return [None if (j := self.get(i)) is None else j.status for i in job_ids]
+
+    class _OldEmbeddedFiles(JobFiles):
+        """JobFiles with `fetch` (local files: nothing to download)."""
+
+        def fetch(self, job_id: str) -> None:
+            self.dir(job_id)  # still validates the id
+
+    SqliteJobStore, LocalJobFiles = _OldEmbeddedStore, _OldEmbeddedFiles  # noqa: F811
 
 # Geometry of the blocks the hub and files tests write (small: 64x64, 16 fps, 8-frame blocks).
 WIDTH, HEIGHT, FPS, FRAMES_PER_BLOCK = 64, 64, 16, 8
 _prefixes = itertools.count()
 
 
-# -- TODAY: the interface methods today's embedded classes lack --------------------------------------
-class _EmbeddedStore(SqliteJobStore):
-    """TODAY: SqliteJobStore with the work queue's `renew` and `statuses` (the refactor gives them
-    to the real class; then `SqliteJobStore` is used directly)."""
-
-    def renew(self, job_ids: list[str]) -> list[str]:
-        return []  # one process: nobody else can take a job, nothing to renew, nothing lost
-
-    def statuses(self, job_ids: list[str]) -> list[Optional[str]]:
-        return [None if (j := self.get(i)) is None else j.status for i in job_ids]
-
-
-class _EmbeddedFiles(JobFiles):
-    """TODAY: JobFiles with `fetch` (local files: nothing to download)."""
-
-    def fetch(self, job_id: str) -> None:
-        self.dir(job_id)  # still validates the id
+def open_output(files, job_id: str):
+    """The writer of a job's blocks (resuming after those already stored)."""
+    if INTERFACES:
+        return files.open_output(job_id, WIDTH, HEIGHT, FPS, FRAMES_PER_BLOCK)
+    if isinstance(files, StorageFiles):
+        return StoredJobOutput(files.dir(job_id), WIDTH, HEIGHT, FPS, FRAMES_PER_BLOCK, storage=files.storage)
+    return JobOutput(files.dir(job_id), WIDTH, HEIGHT, FPS, FRAMES_PER_BLOCK)
 
 
 def replay_reader(files, job_id: str):
-    """TODAY: the reader a websocket replay uses (refresh / event / init_segment / segment), or
-    None while no block of the job is stored. JobFiles.replay_source gives a directory today,
-    StorageFiles.replay_source a callable; after the refactor one method gives the reader."""
-    source = files.replay_source(job_id)
+    """The reader a websocket replay uses (refresh / event / init_segment / segment), or None while
+    no block of the job is stored."""
+    if INTERFACES:
+        return files.replay_reader(job_id)
+    source = files.replay_source(job_id)  # a directory (embedded) or a callable (cluster)
     if callable(source):
         return source()
     return JobOutput.open(source) if JobOutput.exists(source) else None
+
+
+def _in_process_hub(files, **kw):
+    return InProcessBlockHub(files.replay_reader if INTERFACES else files.dir, **kw)
 
 
 # -- job records and work queue ---------------------------------------------------------------------
@@ -76,7 +111,7 @@ class QueueSide:
 
 def embedded_queue(tmp: Path) -> QueueSide:
     path = tmp / "jobs.sqlite3"
-    store = _EmbeddedStore(path)
+    store = SqliteJobStore(path)
 
     def restart() -> QueueSide:
         store.close()
@@ -87,8 +122,6 @@ def embedded_queue(tmp: Path) -> QueueSide:
 
 
 def cluster_queue(redis_url: str, prefix: Optional[str] = None) -> QueueSide:
-    from sana_serve.server.redis_store import RedisJobStore
-
     prefix = prefix or f"t{next(_prefixes)}"
     records = RedisJobStore(redis_url, prefix=prefix)
 
@@ -110,24 +143,19 @@ class HubSide:
 
 
 def embedded_hub(tmp: Path, max_buffered_blocks: int = 8) -> HubSide:
-    files = _EmbeddedFiles(tmp / "data")
-    hub = InProcessBlockHub(files.dir, max_buffered_blocks=max_buffered_blocks)
-    out = lambda job_id: JobOutput(files.dir(job_id), WIDTH, HEIGHT, FPS, FRAMES_PER_BLOCK)  # noqa: E731
-    return HubSide("embedded", hub, hub, files, out)
+    files = LocalJobFiles(tmp / "data")
+    hub = _in_process_hub(files, max_buffered_blocks=max_buffered_blocks)
+    return HubSide("embedded", hub, hub, files, lambda job_id: open_output(files, job_id))
 
 
 def cluster_hub(tmp: Path, redis_url: str, storage, max_buffered_blocks: int = 8) -> HubSide:
-    from sana_serve.server.cluster import RedisBlockHub
-    from sana_serve.server.storage import StorageFiles, StoredJobOutput
-
     prefix = f"t{next(_prefixes)}"
     worker_files = StorageFiles(storage, tmp / "worker-scratch")
     api_files = StorageFiles(storage, tmp / "api-scratch")
     publisher = RedisBlockHub(redis_url, worker_files, prefix, max_buffered_blocks=max_buffered_blocks)
     viewer = RedisBlockHub(redis_url, api_files, prefix, max_buffered_blocks=max_buffered_blocks)
-    out = lambda job_id: StoredJobOutput(worker_files.dir(job_id), WIDTH, HEIGHT, FPS,  # noqa: E731
-                                         FRAMES_PER_BLOCK, storage=storage)
-    return HubSide(f"cluster-{storage_kind(storage)}", publisher, viewer, worker_files, out)
+    return HubSide(f"cluster-{storage_kind(storage)}", publisher, viewer, worker_files,
+                   lambda job_id: open_output(worker_files, job_id))
 
 
 # -- job files ---------------------------------------------------------------------------------------
@@ -143,55 +171,41 @@ class FilesSide:
 
 def embedded_files(tmp: Path) -> FilesSide:
     data = tmp / "data"
-    files = _EmbeddedFiles(data)
-
-    def output(f, job_id):
-        return JobOutput(f.dir(job_id), WIDTH, HEIGHT, FPS, FRAMES_PER_BLOCK)
+    files = LocalJobFiles(data)
 
     def stored(job_id):
         d = files.dir(job_id)
         return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file()) if d.exists() else []
 
     # One data directory: the API and the worker share it; a restarted worker opens it again.
-    return FilesSide("embedded", files, files, lambda: _EmbeddedFiles(data), output, stored)
+    return FilesSide("embedded", files, files, lambda: LocalJobFiles(data), open_output, stored)
 
 
 def cluster_files(tmp: Path, storage) -> FilesSide:
-    from sana_serve.server.storage import StorageFiles, StoredJobOutput
-
     scratch = itertools.count()
 
     def fresh():
         return StorageFiles(storage, tmp / f"scratch-{next(scratch)}")
 
-    def output(f, job_id):
-        return StoredJobOutput(f.dir(job_id), WIDTH, HEIGHT, FPS, FRAMES_PER_BLOCK, storage=storage)
-
     def stored(job_id):
         return sorted(storage.list(f"{job_id}/"))
 
-    return FilesSide(f"cluster-{storage_kind(storage)}", fresh(), fresh(), fresh, output, stored)
+    return FilesSide(f"cluster-{storage_kind(storage)}", fresh(), fresh(), fresh, open_output, stored)
 
 
 # -- shared storage (the cluster's files live in it) -------------------------------------------------
 def dir_storage(root: Path):
-    from sana_serve.server.storage import open_storage
-
     return open_storage(str(root))
 
 
 def s3_storage(endpoint: str, bucket: str, prefix: str = "cluster"):
-    from sana_serve.server.storage import open_storage
-
     return open_storage(f"s3://{bucket}/{prefix}", endpoint_url=endpoint)
 
 
 def storage_kind(storage) -> str:
-    from sana_serve.server.storage import DirStorage
-
     return "dir" if isinstance(storage, DirStorage) else "s3"
 
 
 __all__ = ["CLOSE_TOO_SLOW", "StreamClosed", "Job", "QueueFull", "new_job_id", "QueueSide", "HubSide", "FilesSide", "embedded_queue", "cluster_queue",
            "embedded_hub", "cluster_hub", "embedded_files", "cluster_files", "dir_storage", "s3_storage",
-           "replay_reader", "WIDTH", "HEIGHT", "FPS", "FRAMES_PER_BLOCK"]
+           "replay_reader", "open_output", "INTERFACES", "WIDTH", "HEIGHT", "FPS", "FRAMES_PER_BLOCK"]
