@@ -33,7 +33,7 @@ def test_every_check_on_generated_malformed_and_stateful_requests(deployment, cl
     cmd = [schemathesis_exe(), "run", f"{deployment.url}/openapi.json", "--checks", "all",
            "--header", f"Authorization: Bearer {API_KEY}", "--max-examples", "10", "--seed", "1",
            "--phases", "examples,coverage,fuzzing,stateful", "--workers", "1", "--max-time", "80",
-           "--request-timeout", "30", "--exclude-path", "/metrics", "--report", "json,ndjson",
+           "--request-timeout", "30", "--max-response-time", "60", "--exclude-path", "/metrics", "--report", "json,ndjson",
            "--report-dir", str(reports), "--no-color"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     print(run.stdout[-4000:])
