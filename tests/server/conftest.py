@@ -8,7 +8,8 @@ cheap on a 2-core CPU, and both require an API key.
 
 The `deployment` fixture (session-scoped, parametrised `serve` / `cluster`) gives either one with
 the same surface: `url`, `port`, `api_key`, `headers`, `client()`, `job_dir(id)` (where the job's
-stored files are), `metrics()` (the /metrics text of every node), `name`. Each deployment starts
+stored files are), `metrics()` (the /metrics text of every node), `log_text()` (every node's log),
+`rss_bytes()` (of every process), `deployment` ("serve" | "cluster"). Each deployment starts
 once per session; pytest runs all tests of one deployment, then those of the other. The `client`
 fixture is the deployment's client and deletes every job after the test. Tests that are about one
 deployment use `server` (the embedded one; `server_client`) or start their own processes (kill -9).
@@ -80,6 +81,9 @@ class ServerProcess:
 
     def metrics(self) -> str:
         return httpx.get(self.url + "/metrics", headers=self.headers, timeout=30).text
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def command(self) -> list[str]:
         args = [sys.executable, "-m", "sana_serve", "serve", "--config", str(self.config), "--host", "127.0.0.1",
@@ -260,6 +264,13 @@ class ClusterDeployment:
         """The worker's /metrics (the engine's numbers), then the API node's."""
         return "\n".join(httpx.get(n.url + "/metrics", headers=self.headers, timeout=30).text
                          for n in (self.worker, self.api))
+
+    def log_text(self) -> str:
+        """Every node's log (JSON lines: --log-format json)."""
+        return "\n".join(node.log_text() for node in (self.api, self.worker))
+
+    def rss_bytes(self) -> int:
+        return self.api.rss_bytes() + self.worker.rss_bytes()
 
     def log_tail(self, n: int = 4000) -> str:
         return "\n".join(f"--- {node.name}\n{node.log_tail(n)}" for node in (self.api, self.worker) if node)
