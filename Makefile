@@ -12,7 +12,7 @@ OUT ?= out.mp4
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv install install-dev serve generate test bench constraints
+.PHONY: venv install install-dev serve generate test test-fast bench constraints
 
 $(PYTHON):
 	$(SYSTEM_PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ generate: install
 
 test: install-dev
 	$(PYTHON) -m pytest -q
+
+# The inner loop of server work: the in-process tests of the server, its backends' contracts and the
+# cluster's storage; nothing that starts a server or redis-server (marker `processes`). `make test`
+# still runs everything.
+test-fast: install-dev
+	$(PYTHON) -m pytest -q -m "not processes" tests/contracts tests/server tests/cluster
 
 bench: install-dev
 	$(PYTHON) bench/engine.py

@@ -5,6 +5,18 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# Fixtures that start processes (a `sana-serve` server or cluster, redis-server). A test that uses
+# one is marked `processes`, as are tests marked so by hand (they start processes themselves);
+# `make test-fast` runs the rest: `pytest -m "not processes"`.
+PROCESS_FIXTURES = frozenset({"server", "server_client", "deployment", "cluster_deployment", "servers", "redis_server",
+                              "contract_redis", "cluster"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.processes)
+
 
 @pytest.fixture(scope="session")
 def engine():

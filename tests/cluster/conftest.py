@@ -75,10 +75,10 @@ class Node(ServerProcess):
     def command(self) -> list[str]:
         args = [sys.executable, "-m", "sana_serve", self.role, "--store", self.redis_url, "--storage", self.storage,
                 "--config", str(self.config), "--host", "127.0.0.1", "--port", str(self.port),
-                "--log-format", "text", *self.extra]
+                "--log-format", "text", "--data-dir", str(self.data_dir)]
         if self.role == "worker":
             args += ["--threads", "1", "--worker-name", self.name]
-        return args + ["--data-dir", str(self.data_dir)]
+        return args + self.extra  # last: a test's flags override the defaults above
 
     def environment(self) -> dict:
         return {**super().environment(), "OMP_NUM_THREADS": "1"}

@@ -6,6 +6,8 @@ import pytest
 
 from tests.server.conftest import ROOT
 
+pytestmark = pytest.mark.processes  # the CLI, as a subprocess
+
 
 @pytest.mark.parametrize("args, message", [
     (["api", "--store", "http://127.0.0.1:6379", "--storage", "/tmp/x"], "expected a Redis URL"),

@@ -1,9 +1,18 @@
-"""A real `sana-serve serve` on 127.0.0.1 (subprocess, free port, temporary data dir).
+"""The two deployments the HTTP tests run against, as real subprocesses on 127.0.0.1.
 
-The server runs a test copy of the default model config with tight limits (max 6 s videos,
-at most 2 steps per block, 200-character prompts), so generated and fuzzed requests stay
-cheap on a 2-core CPU. Most tests share one session-scoped server that requires an API key;
-tests that kill the process start their own.
+`serve`: one `sana-serve serve` (SQLite, in-process hub, local files; free port, temporary data dir).
+`cluster`: a `sana-serve api` node and a `sana-serve worker` on a real redis-server and one shared
+storage directory. Both run a test copy of the default model config with tight limits (max 6 s
+videos, at most 2 steps per block, 200-character prompts), so generated and fuzzed requests stay
+cheap on a 2-core CPU, and both require an API key.
+
+The `deployment` fixture (session-scoped, parametrised `serve` / `cluster`) gives either one with
+the same surface: `url`, `port`, `api_key`, `headers`, `client()`, `job_dir(id)` (where the job's
+stored files are), `metrics()` (the /metrics text of every node), `log_text()` (every node's log),
+`rss_bytes()` (of every process), `deployment` ("serve" | "cluster"). Each deployment starts
+once per session; pytest runs all tests of one deployment, then those of the other. The `client`
+fixture is the deployment's client and deletes every job after the test. Tests that are about one
+deployment use `server` (the embedded one; `server_client`) or start their own processes (kill -9).
 """
 from __future__ import annotations
 
@@ -64,6 +73,17 @@ class ServerProcess:
         return httpx.Client(base_url=self.url, headers=self.headers, timeout=60, **kw)
 
     name = "server"
+    deployment = "serve"
+
+    def job_dir(self, video_id: str) -> Path:
+        """Where the server keeps a job's files (raw frames under frames/ with --keep-frames)."""
+        return self.data_dir / "videos" / video_id
+
+    def metrics(self) -> str:
+        return httpx.get(self.url + "/metrics", headers=self.headers, timeout=30).text
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def command(self) -> list[str]:
         args = [sys.executable, "-m", "sana_serve", "serve", "--config", str(self.config), "--host", "127.0.0.1",
@@ -175,15 +195,110 @@ def test_config(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, test_config):
     """The shared server: API key required, small queue (8), batches of up to 4, raw frames kept."""
-    s = ServerProcess(tmp_path_factory.mktemp("server") / "data", test_config, API_KEY,
-                      ["--max-queued", "8", "--max-batch", "4", "--keep-frames", "--log-format", "json"])
+    s = ServerProcess(tmp_path_factory.mktemp("server") / "data", test_config, API_KEY, API_FLAGS + WORKER_FLAGS)
     s.start()
     yield s
     s.stop()
 
 
 @pytest.fixture
-def client(server):
+def server_client(server):
+    """A client of the embedded server (for tests about that deployment only); cleans up after."""
     with server.client() as c:
+        yield c
+        delete_all(c)
+
+
+# The flags both deployments get: what the API side and the worker side of `serve` are given.
+API_FLAGS = ["--max-queued", "8", "--log-format", "json"]
+WORKER_FLAGS = ["--max-batch", "4", "--keep-frames", "--threads", "2", "--log-format", "json"]
+
+
+class ClusterDeployment:
+    """`sana-serve api` + `sana-serve worker` on a real redis-server and a shared storage directory:
+    the same surface as ServerProcess for the HTTP tests."""
+
+    deployment = "cluster"
+
+    def __init__(self, tmp: Path, config: Path, api_key: str):
+        self.tmp, self.config, self.api_key = tmp, config, api_key
+        self.storage = tmp / "storage"
+        self.redis = self.api = self.worker = None
+
+    def start(self, timeout: float = 180) -> "ClusterDeployment":
+        from tests.cluster.conftest import Node, RedisServer
+
+        self.redis = RedisServer(self.tmp / "redis").start()
+        key = ["--api-key", self.api_key]
+        self.worker = Node("worker", self.redis.url, str(self.storage), self.config, self.tmp, "worker",
+                           WORKER_FLAGS + key).launch()
+        self.api = Node("api", self.redis.url, str(self.storage), self.config, self.tmp, "api",
+                        API_FLAGS + key).launch()
+        try:
+            self.api.wait_ready(timeout)
+            self.worker.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def url(self) -> str:
+        return self.api.url
+
+    @property
+    def port(self) -> int:
+        return self.api.port
+
+    @property
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def client(self, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=60, **kw)
+
+    def job_dir(self, video_id: str) -> Path:
+        return self.storage / video_id
+
+    def metrics(self) -> str:
+        """The worker's /metrics (the engine's numbers), then the API node's."""
+        return "\n".join(httpx.get(n.url + "/metrics", headers=self.headers, timeout=30).text
+                         for n in (self.worker, self.api))
+
+    def log_text(self) -> str:
+        """Every node's log (JSON lines: --log-format json)."""
+        return "\n".join(node.log_text() for node in (self.api, self.worker))
+
+    def rss_bytes(self) -> int:
+        return self.api.rss_bytes() + self.worker.rss_bytes()
+
+    def log_tail(self, n: int = 4000) -> str:
+        return "\n".join(f"--- {node.name}\n{node.log_tail(n)}" for node in (self.api, self.worker) if node)
+
+    def stop(self) -> None:
+        for node in (self.api, self.worker):
+            if node is not None:
+                node.stop()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_deployment(tmp_path_factory, test_config):
+    c = ClusterDeployment(tmp_path_factory.mktemp("cluster-deployment"), test_config, API_KEY).start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="session", params=["serve", "cluster"])
+def deployment(request):
+    """The embedded server, then the cluster (api + worker + redis-server + shared directory)."""
+    return request.getfixturevalue("server" if request.param == "serve" else "cluster_deployment")
+
+
+@pytest.fixture
+def client(deployment):
+    """A client of the deployment under test (API key set); deletes every job afterwards."""
+    with deployment.client() as c:
         yield c
         delete_all(c)

@@ -1,4 +1,5 @@
-"""The HTTP API against a real server: the official openai SDK end to end, validation, paging, Range."""
+"""The HTTP API against both deployments (`serve`, and `api` + `worker`): the official openai SDK end to end,
+validation, paging, Range."""
 import warnings
 
 import numpy as np
@@ -12,11 +13,11 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)  # the SDK marks 
 
 
 @pytest.fixture
-def sdk(server, client):  # `client` cleans up the jobs afterwards
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=60)
+def sdk(deployment, client):  # `client` cleans up the jobs afterwards
+    return openai.OpenAI(base_url=deployment.url + "/v1", api_key=API_KEY, max_retries=0, timeout=60)
 
 
-def test_openai_sdk_end_to_end(sdk, server):
+def test_openai_sdk_end_to_end(sdk, deployment):
     video = sdk.videos.create(prompt=PROMPT, seconds="2", size="64x64", model="shapes-tiny",
                               extra_body={"seed": 7, "num_inference_steps": 1})  # the SDK sends multipart
     assert video.object == "video" and video.id.startswith("video_")
@@ -35,7 +36,7 @@ def test_openai_sdk_end_to_end(sdk, server):
 
     # The stored raw frames are the engine's output; the MP4 is their (lossy, yuv420p) encoding:
     # per-pixel noise from untrained weights does not survive chroma subsampling, the averages do.
-    raw = np.concatenate([np.load(p) for p in sorted((server.data_dir / "videos" / video.id / "frames").glob("*.npy"))])
+    raw = np.concatenate([np.load(p) for p in sorted((deployment.job_dir(video.id) / "frames").glob("*.npy"))])
     assert raw.shape == frames.shape
     assert np.abs(raw.mean(axis=(1, 2)) - frames.mean(axis=(1, 2))).max() < 4
 
@@ -46,7 +47,7 @@ def test_openai_sdk_end_to_end(sdk, server):
     assert deleted.id == video.id and deleted.deleted and deleted.object == "video.deleted"
     with pytest.raises(openai.NotFoundError):
         sdk.videos.retrieve(video.id)
-    assert not (server.data_dir / "videos" / video.id).exists()
+    assert not deployment.job_dir(video.id).exists()
 
 
 def test_sdk_defaults_model_and_number_seconds(client):
@@ -147,12 +148,12 @@ def test_malformed_bodies_are_4xx(client):
     assert client.get("/v1/videos/video_" + "0" * 32 + "/content").json()["error"]["code"] == "not_found"
 
 
-def test_health_readiness_metrics(server, client):
+def test_health_readiness_metrics(deployment, client):
     import httpx
 
-    assert httpx.get(server.url + "/healthz").json()["status"] == "ok"
-    assert httpx.get(server.url + "/readyz").status_code == 200
-    text = client.get("/metrics").text
+    assert httpx.get(deployment.url + "/healthz").json()["status"] == "ok"
+    assert httpx.get(deployment.url + "/readyz").status_code == 200
+    text = deployment.metrics()
     for name in ("sana_queue_depth", "sana_jobs{", "sana_block_seconds_bucket", "sana_frames_per_second",
                  "sana_model_loaded 1.0"):
         assert name in text, name

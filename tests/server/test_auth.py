@@ -1,4 +1,4 @@
-"""API keys: every route but the health probes answers 401 (OpenAI error shape) without the key."""
+"""API keys: every route but the health probes answers 401 (OpenAI error shape) without the key (both deployments)."""
 import httpx
 import pytest
 
@@ -7,8 +7,8 @@ from tests.server.conftest import API_KEY, PROMPT
 SAMPLE_ID = "video_" + "0" * 32
 
 
-def routes(server):
-    spec = httpx.get(server.url + "/openapi.json", headers=server.headers).json()
+def routes(deployment):
+    spec = httpx.get(deployment.url + "/openapi.json", headers=deployment.headers).json()
     for path, methods in spec["paths"].items():
         for method in methods:
             yield method.upper(), path.replace("{video_id}", SAMPLE_ID)
@@ -18,10 +18,10 @@ def routes(server):
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {API_KEY}"},
                                      {"Authorization": "Bearer " + API_KEY[:-1]}], ids=["none", "wrong", "basic", "prefix"])
-def test_missing_or_wrong_key_is_401_everywhere_but_health(server, headers):
+def test_missing_or_wrong_key_is_401_everywhere_but_health(deployment, headers):
     checked = 0
-    for method, path in routes(server):
-        r = httpx.request(method, server.url + path, headers=headers, json={"prompt": PROMPT} if method == "POST" else None)
+    for method, path in routes(deployment):
+        r = httpx.request(method, deployment.url + path, headers=headers, json={"prompt": PROMPT} if method == "POST" else None)
         if path in ("/healthz", "/readyz"):
             assert r.status_code == 200, (method, path)
             continue
@@ -31,18 +31,18 @@ def test_missing_or_wrong_key_is_401_everywhere_but_health(server, headers):
     assert checked >= 8
 
 
-def test_right_key_passes(server, client):
+def test_right_key_passes(deployment, client):
     assert client.get("/v1/videos").status_code == 200
     assert client.get("/metrics").status_code == 200
-    assert httpx.get(server.url + "/v1/videos/" + SAMPLE_ID, headers=server.headers).status_code == 404
+    assert httpx.get(deployment.url + "/v1/videos/" + SAMPLE_ID, headers=deployment.headers).status_code == 404
 
 
-def test_websocket_needs_the_key(server):
+def test_websocket_needs_the_key(deployment):
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
-    spec = httpx.get(server.url + "/openapi.json", headers=server.headers).json()
-    ws = "ws://127.0.0.1:%d/v1/realtime" % server.port
+    spec = httpx.get(deployment.url + "/openapi.json", headers=deployment.headers).json()
+    ws = "ws://127.0.0.1:%d/v1/realtime" % deployment.port
     with pytest.raises(InvalidStatus) as e:
         connect(ws, open_timeout=10).close()
     assert e.value.response.status_code in (401, 403)

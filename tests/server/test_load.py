@@ -2,7 +2,8 @@
 jobs each complete exactly once, the rest are refused up front with 429 + Retry-After, nothing
 answers 5xx, memory stays bounded. The streaming clients connect to accepted jobs while the
 submissions are still in flight and each receives every block of its job exactly once, in
-order, as fMP4 that decodes to exactly seconds x fps frames."""
+order, as fMP4 that decodes to exactly seconds x fps frames. On both deployments (`serve`, and
+`api` + `worker`): the metrics, logs and memory are those of every process of the deployment."""
 import json
 import threading
 import time
@@ -30,15 +31,15 @@ def metric(text: str, name: str) -> float:
     return 0.0
 
 
-def completed_counter(client) -> float:
-    return metric(client.get("/metrics").text, 'sana_jobs_finished_total{status="completed"}')
+def completed_counter(deployment) -> float:
+    return metric(deployment.metrics(), 'sana_jobs_finished_total{status="completed"}')
 
 
-def stream_job(server, video_id: str) -> dict:
+def stream_job(deployment, video_id: str) -> dict:
     """Watch WS /v1/videos/{id}/stream to its end: block events, binary payload, end event, close."""
-    url = server.url.replace("http://", "ws://") + f"/v1/videos/{video_id}/stream"
+    url = deployment.url.replace("http://", "ws://") + f"/v1/videos/{video_id}/stream"
     events, payload = [], bytearray()
-    with connect(url, additional_headers=server.headers, max_size=None, open_timeout=30) as ws:
+    with connect(url, additional_headers=deployment.headers, max_size=None, open_timeout=30) as ws:
         while True:
             message = ws.recv(timeout=WAIT)
             assert isinstance(message, str), "expected a JSON event before every binary message"
@@ -58,9 +59,9 @@ def stream_job(server, video_id: str) -> dict:
     return {"id": video_id, "events": events, "payload": bytes(payload), "end": end, "close": close_code}
 
 
-def test_fifty_submissions_and_ten_streams_at_once(server, client):
-    rss_before = server.rss_bytes()
-    completed_before = completed_counter(client)
+def test_fifty_submissions_and_ten_streams_at_once(deployment, client):
+    rss_before = deployment.rss_bytes()
+    completed_before = completed_counter(deployment)
     started = time.monotonic()
 
     cond = threading.Condition()
@@ -68,7 +69,7 @@ def test_fifty_submissions_and_ten_streams_at_once(server, client):
     submitted = [0]  # responses received so far
 
     def submit(i):
-        with httpx.Client(base_url=server.url, headers=server.headers, timeout=60) as c:
+        with httpx.Client(base_url=deployment.url, headers=deployment.headers, timeout=60) as c:
             r = c.post("/v1/videos", json={"prompt": PROMPT, "seconds": SECONDS, "num_inference_steps": 1, "seed": i})
         with cond:
             submitted[0] += 1
@@ -84,9 +85,9 @@ def test_fifty_submissions_and_ten_streams_at_once(server, client):
             assert accepted_live, "no job was accepted"
             video_id = accepted_live[k % len(accepted_live)]
             in_flight = submitted[0] < SUBMISSIONS  # submissions still outstanding as it connects
-        with httpx.Client(base_url=server.url, headers=server.headers, timeout=60) as c:
+        with httpx.Client(base_url=deployment.url, headers=deployment.headers, timeout=60) as c:
             live = not finished(c.get(f"/v1/videos/{video_id}").json())
-        return dict(stream_job(server, video_id), in_flight=in_flight, live=live)
+        return dict(stream_job(deployment, video_id), in_flight=in_flight, live=live)
 
     with ThreadPoolExecutor(SUBMISSIONS + STREAMERS) as pool:
         streams = [pool.submit(watch, k) for k in range(STREAMERS)]
@@ -134,11 +135,11 @@ def test_fifty_submissions_and_ten_streams_at_once(server, client):
         assert v["status"] == "completed" and v["blocks_completed"] == v["num_blocks"] == BLOCKS, v
     listed = client.get("/v1/videos", params={"limit": 100}).json()["data"]
     assert sorted(v["id"] for v in listed) == sorted(accepted)  # nothing lost, nothing extra
-    assert completed_counter(client) - completed_before == len(accepted)
+    assert completed_counter(deployment) - completed_before == len(accepted)
 
     # Each accepted job completed exactly once (the structured log carries the job id).
     completions = {}
-    for line in server.log_path.read_text().splitlines():
+    for line in deployment.log_text().splitlines():
         if line.startswith("{"):
             rec = json.loads(line)
             if rec.get("msg") == "job completed":
@@ -146,11 +147,11 @@ def test_fifty_submissions_and_ten_streams_at_once(server, client):
     assert all(completions.get(vid) == 1 for vid in accepted), completions
 
     # Concurrent jobs were advanced together: some engine steps carried more than one rollout.
-    text = client.get("/metrics").text
+    text = deployment.metrics()
     steps, rollouts = metric(text, "sana_engine_batch_size_count"), metric(text, "sana_engine_batch_size_sum")
     print(f"{rollouts / steps:.2f} rollouts per engine step on average")
     assert rollouts / steps > 1.2
 
-    rss_after = server.rss_bytes()
-    print(f"server RSS {rss_before / 2**20:.0f} MiB -> {rss_after / 2**20:.0f} MiB")
+    rss_after = deployment.rss_bytes()
+    print(f"{deployment.deployment} RSS {rss_before / 2**20:.0f} MiB -> {rss_after / 2**20:.0f} MiB")
     assert rss_after < rss_before + 400 * 2**20

@@ -136,6 +136,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.processes
 def test_sigkill_mid_job_then_resume(tmp_path):
     """A real process killed at an arbitrary moment: what is on disk is always a valid prefix."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -53,7 +53,7 @@ def open_playground(browser, server):
     return context, page, errors
 
 
-def test_video_plays_while_blocks_arrive(server, client, browser):
+def test_video_plays_while_blocks_arrive(server, server_client, browser):
     context, page, errors = open_playground(browser, server)
     page.fill("#prompt", PROMPT)
     page.fill("#seconds", "6")  # 3 blocks of 2 s

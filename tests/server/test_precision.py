@@ -1,10 +1,13 @@
 """`serve --precision nvfp4`: the server quantizes the transformer on load and serves videos with it."""
 import re
 
+import pytest
+
 from sana_serve.engine.video import decode_video
 from tests.server.conftest import PROMPT, ServerProcess, finished, wait_for
 
 
+@pytest.mark.processes
 def test_serve_with_nvfp4_weights(tmp_path, test_config):
     srv = ServerProcess(tmp_path / "data", test_config, extra=["--precision", "nvfp4", "--max-batch", "2"])
     srv.start()

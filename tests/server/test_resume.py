@@ -1,6 +1,7 @@
 """Kill -9 in the middle of a job, restart on the same data dir: the job resumes from its last
 checkpointed block and its video is identical to an uninterrupted run with the same seed."""
 import numpy as np
+import pytest
 
 from sana_serve.engine.video import decode_video
 from tests.server.conftest import PROMPT, ServerProcess, finished, wait_for
@@ -11,6 +12,7 @@ def raw_frames(data_dir, video_id):
     return [np.load(p) for p in blocks]
 
 
+@pytest.mark.processes
 def test_kill9_mid_job_then_restart_resumes_identically(tmp_path, test_config):
     # One rollout at a time: the second job is still queued when the process dies.
     srv = ServerProcess(tmp_path / "data", test_config, extra=["--keep-frames", "--max-batch", "1"])

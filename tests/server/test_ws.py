@@ -1,6 +1,7 @@
 """Websocket streaming against real servers on 127.0.0.1 and a real websocket client.
 
-Most tests use the shared `sana-serve serve` subprocess (conftest.py, API key required). The
+Most tests run on both deployments (conftest.py `deployment`: `serve`, and `api` + `worker`; API key
+required). The kill -9 test starts its own `serve`. The
 tests that need knobs the command line does not have (a one-block viewer buffer, a short
 realtime idle limit) run the same app in this process under uvicorn, so they can set them on
 `app.state` after startup.
@@ -48,10 +49,10 @@ def read_stream(ws, timeout: float = 120):
         payload += binary
 
 
-def open_stream(server, video_id: str, **query):
+def open_stream(deployment, video_id: str, **query):
     params = "&".join(f"{k}={v}" for k, v in query.items())
-    url = ws_url(server.url, f"/v1/videos/{video_id}/stream" + (f"?{params}" if params else ""))
-    return connect(url, additional_headers=server.headers, max_size=None, open_timeout=30)
+    url = ws_url(deployment.url, f"/v1/videos/{video_id}/stream" + (f"?{params}" if params else ""))
+    return connect(url, additional_headers=deployment.headers, max_size=None, open_timeout=30)
 
 
 def create(client, seconds, seed=0, steps=1, prompt=PROMPT):
@@ -67,15 +68,15 @@ def encode_and_decode(frames: np.ndarray, sizes) -> np.ndarray:
         return decode_video(encoder.init_segment + media)
 
 
-def raw_frames(server, video_id) -> np.ndarray:
-    frames = sorted((server.data_dir / "videos" / video_id / "frames").glob("*.npy"))
+def raw_frames(deployment, video_id) -> np.ndarray:
+    frames = sorted((deployment.job_dir(video_id) / "frames").glob("*.npy"))
     return np.concatenate([np.load(p) for p in frames])
 
 
-# -- WS /v1/videos/{id}/stream on the shared server ------------------------------------------
-def test_live_stream_decodes_to_every_frame(server, client):
+# -- WS /v1/videos/{id}/stream on both deployments ------------------------------------------
+def test_live_stream_decodes_to_every_frame(deployment, client):
     video = create(client, seconds=6, seed=3)  # 3 blocks of 32 frames
-    with open_stream(server, video["id"]) as ws:
+    with open_stream(deployment, video["id"]) as ws:
         events, stream, end = read_stream(ws)
     assert end == {"type": "video.completed", "id": video["id"]}
     assert [e["index"] for e in events] == [0, 1, 2]
@@ -85,16 +86,16 @@ def test_live_stream_decodes_to_every_frame(server, client):
     frames = decode_video(stream)
     assert frames.shape == (6 * FPS, 64, 64, 3)  # exactly seconds x fps
     # The stream is exactly the encoding of what the engine produced (the raw frames are kept).
-    assert np.array_equal(frames, encode_and_decode(raw_frames(server, video["id"]), [32, 32, 32]))
+    assert np.array_equal(frames, encode_and_decode(raw_frames(deployment, video["id"]), [32, 32, 32]))
     # A completed job replays from disk: the same bytes again.
-    with open_stream(server, video["id"]) as ws:
+    with open_stream(deployment, video["id"]) as ws:
         replay_events, replay, replay_end = read_stream(ws)
     assert replay == stream and replay_events == events and replay_end == end
 
 
-def test_resume_from_block_and_two_viewers(server, client):
+def test_resume_from_block_and_two_viewers(deployment, client):
     video = create(client, seconds=6, seed=4)
-    first, second = open_stream(server, video["id"]), open_stream(server, video["id"])
+    first, second = open_stream(deployment, video["id"]), open_stream(deployment, video["id"])
     with first, second:
         # Viewer 1 reads block 0 and disconnects; viewer 2 watches the whole job meanwhile.
         e0 = json.loads(first.recv(timeout=120))
@@ -103,7 +104,7 @@ def test_resume_from_block_and_two_viewers(server, client):
         first.close()
         events, whole, end = read_stream(second)
     assert end["type"] == "video.completed" and [e["index"] for e in events] == [0, 1, 2]
-    with open_stream(server, video["id"], from_block=1) as ws:
+    with open_stream(deployment, video["id"], from_block=1) as ws:
         resumed_events, rest, _ = read_stream(ws)
     assert [e["index"] for e in resumed_events] == [1, 2]
     frames = decode_video(part0 + rest[len(_init_of(rest)):])  # the resumed payload repeats the init
@@ -112,13 +113,13 @@ def test_resume_from_block_and_two_viewers(server, client):
     assert decode_video(rest).shape == (4 * FPS, 64, 64, 3)  # on its own: init + blocks 1, 2
 
 
-def test_resume_while_generating(server, client):
+def test_resume_while_generating(deployment, client):
     video = create(client, seconds=6, seed=5, steps=2)
-    with open_stream(server, video["id"]) as ws:
+    with open_stream(deployment, video["id"]) as ws:
         json.loads(ws.recv(timeout=120))
         head = ws.recv(timeout=120)
     # Reconnect at block 1 while the job is (most likely) still running: no gap, no repeat.
-    with open_stream(server, video["id"], from_block=1) as ws:
+    with open_stream(deployment, video["id"], from_block=1) as ws:
         events, rest, end = read_stream(ws)
     assert [e["index"] for e in events] == [1, 2] and end["type"] == "video.completed"
     stream = head + rest[len(_init_of(rest)):]
@@ -136,18 +137,18 @@ def _init_of(payload: bytes) -> bytes:
     return payload
 
 
-def test_unknown_id_bad_from_block_and_missing_key(server, client):
-    with open_stream(server, "video_" + "0" * 32) as ws:
+def test_unknown_id_bad_from_block_and_missing_key(deployment, client):
+    with open_stream(deployment, "video_" + "0" * 32) as ws:
         with pytest.raises(ConnectionClosed) as info:
             ws.recv(timeout=30)
     assert info.value.rcvd.code == 1008 and "no video" in info.value.rcvd.reason
     video = create(client, seconds=2, seed=1)
-    with open_stream(server, video["id"], from_block=9) as ws:
+    with open_stream(deployment, video["id"], from_block=9) as ws:
         with pytest.raises(ConnectionClosed) as info:
             ws.recv(timeout=30)
     assert info.value.rcvd.code == 1008 and "from_block" in info.value.rcvd.reason
     # Without the API key the handshake is refused; ?api_key= works (browsers cannot set headers).
-    url = ws_url(server.url, f"/v1/videos/{video['id']}/stream")
+    url = ws_url(deployment.url, f"/v1/videos/{video['id']}/stream")
     with pytest.raises((InvalidStatus, ConnectionClosed)):
         with connect(url, open_timeout=30) as ws:
             ws.recv(timeout=30)
@@ -156,9 +157,9 @@ def test_unknown_id_bad_from_block_and_missing_key(server, client):
     assert end["type"] == "video.completed" and decode_video(stream).shape == (2 * FPS, 64, 64, 3)
 
 
-def test_cancelled_job_ends_the_stream(server, client):
+def test_cancelled_job_ends_the_stream(deployment, client):
     video = create(client, seconds=6, seed=6, steps=2)
-    with open_stream(server, video["id"]) as ws:
+    with open_stream(deployment, video["id"]) as ws:
         assert json.loads(ws.recv(timeout=120))["index"] == 0
         ws.recv(timeout=120)
         assert client.delete(f"/v1/videos/{video['id']}").status_code == 200
@@ -170,6 +171,7 @@ def test_cancelled_job_ends_the_stream(server, client):
     assert end["type"] == "video.failed" and end["error"]["code"] in ("cancelled", "deleted")
 
 
+@pytest.mark.processes
 def test_stream_continues_across_a_kill9(tmp_path, test_config):
     """SIGKILL after block 0 was watched, restart, reconnect with from_block=1: the stitched
     stream has every frame once and equals an uninterrupted run's stream, pixel for pixel
