@@ -4,12 +4,7 @@ Every contract test (tests/contracts/test_*.py) asks this module for "the embedd
 cluster X" and then talks only to the interface: the job records and work queue, the block hub,
 the job files (`sana_serve/server/interfaces.py`: JobRecords, WorkQueue, BlockHub, JobFiles).
 
-Two layouts of the server are served here, so the suite runs before and after the refactor that
-moved the backends behind `server/interfaces.py` (packages `server.embedded` and `server.cluster`):
-`INTERFACES` says which one was found. With the old layout (no `server.interfaces`), three small
-adapters give the old embedded classes the interface methods they lacked (the store's `renew`
-and `statuses`, the files' `fetch`), and the block writer and replay reader are reached the old
-way; once only the new layout exists, delete every `if not INTERFACES` branch and `_Old*` class.
+The backends are the packages `server.embedded` and `server.cluster`.
 
 Shapes handed to the tests:
 - `QueueSide`: `records` (what an API node reads and writes), `worker(name)` (a worker's queue:
@@ -30,46 +25,14 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from sana_serve.server.hub import CLOSE_TOO_SLOW, StreamClosed  # noqa: F401 (re-exported)
-from sana_serve.server.outputs import JobOutput
 
-try:
-    import sana_serve.server.interfaces  # noqa: F401
-
-    INTERFACES = True
-except ImportError:
-    INTERFACES = False
-
-if INTERFACES:
-    from sana_serve.server.cluster.hub import RedisBlockHub
-    from sana_serve.server.cluster.storage import DirStorage, StorageFiles, open_storage
-    from sana_serve.server.cluster.store import RedisJobStore
-    from sana_serve.server.embedded.files import LocalJobFiles
-    from sana_serve.server.embedded.hub import InProcessBlockHub
-    from sana_serve.server.embedded.store import SqliteJobStore
-    from sana_serve.server.jobs import Job, QueueFull, new_job_id  # noqa: F401 (re-exported)
-else:
-    from sana_serve.server.cluster import RedisBlockHub
-    from sana_serve.server.hub import InProcessBlockHub
-    from sana_serve.server.redis_store import RedisJobStore
-    from sana_serve.server.storage import DirStorage, StorageFiles, StoredJobOutput, open_storage
-    from sana_serve.server.store import Job, JobFiles, QueueFull, SqliteJobStore, new_job_id  # noqa: F401
-
-    class _OldEmbeddedStore(SqliteJobStore):
-        """SqliteJobStore with the work queue's `renew` and `statuses`."""
-
-        def renew(self, job_ids: list[str]) -> list[str]:
-            return []  # one process: nobody else can take a job, nothing to renew, nothing lost
-
-        def statuses(self, job_ids: list[str]) -> list[Optional[str]]:
-            return [None if (j := self.get(i)) is None else j.status for i in job_ids]
-
-    class _OldEmbeddedFiles(JobFiles):
-        """JobFiles with `fetch` (local files: nothing to download)."""
-
-        def fetch(self, job_id: str) -> None:
-            self.dir(job_id)  # still validates the id
-
-    SqliteJobStore, LocalJobFiles = _OldEmbeddedStore, _OldEmbeddedFiles  # noqa: F811
+from sana_serve.server.cluster.hub import RedisBlockHub
+from sana_serve.server.cluster.storage import DirStorage, StorageFiles, open_storage  # noqa: F401
+from sana_serve.server.cluster.store import RedisJobStore
+from sana_serve.server.embedded.files import LocalJobFiles
+from sana_serve.server.embedded.hub import InProcessBlockHub
+from sana_serve.server.embedded.store import SqliteJobStore
+from sana_serve.server.jobs import Job, QueueFull, new_job_id  # noqa: F401 (re-exported)
 
 # Geometry of the blocks the hub and files tests write (small: 64x64, 16 fps, 8-frame blocks).
 WIDTH, HEIGHT, FPS, FRAMES_PER_BLOCK = 64, 64, 16, 8
@@ -78,26 +41,17 @@ _prefixes = itertools.count()
 
 def open_output(files, job_id: str):
     """The writer of a job's blocks (resuming after those already stored)."""
-    if INTERFACES:
-        return files.open_output(job_id, WIDTH, HEIGHT, FPS, FRAMES_PER_BLOCK)
-    if isinstance(files, StorageFiles):
-        return StoredJobOutput(files.dir(job_id), WIDTH, HEIGHT, FPS, FRAMES_PER_BLOCK, storage=files.storage)
-    return JobOutput(files.dir(job_id), WIDTH, HEIGHT, FPS, FRAMES_PER_BLOCK)
+    return files.open_output(job_id, WIDTH, HEIGHT, FPS, FRAMES_PER_BLOCK)
 
 
 def replay_reader(files, job_id: str):
     """The reader a websocket replay uses (refresh / event / init_segment / segment), or None while
     no block of the job is stored."""
-    if INTERFACES:
-        return files.replay_reader(job_id)
-    source = files.replay_source(job_id)  # a directory (embedded) or a callable (cluster)
-    if callable(source):
-        return source()
-    return JobOutput.open(source) if JobOutput.exists(source) else None
+    return files.replay_reader(job_id)
 
 
 def _in_process_hub(files, **kw):
-    return InProcessBlockHub(files.replay_reader if INTERFACES else files.dir, **kw)
+    return InProcessBlockHub(files.replay_reader, **kw)
 
 
 # -- job records and work queue ---------------------------------------------------------------------
@@ -208,4 +162,4 @@ def storage_kind(storage) -> str:
 
 __all__ = ["CLOSE_TOO_SLOW", "StreamClosed", "Job", "QueueFull", "new_job_id", "QueueSide", "HubSide", "FilesSide", "embedded_queue", "cluster_queue",
            "embedded_hub", "cluster_hub", "embedded_files", "cluster_files", "dir_storage", "s3_storage",
-           "replay_reader", "open_output", "INTERFACES", "WIDTH", "HEIGHT", "FPS", "FRAMES_PER_BLOCK"]
+           "replay_reader", "open_output", "WIDTH", "HEIGHT", "FPS", "FRAMES_PER_BLOCK"]

@@ -32,7 +32,8 @@ class LocalJobFiles:
         return JobOutput(self.dir(job_id), width, height, fps, frames_per_block, keep_frames=self.keep_frames)
 
     def fetch(self, job_id: str) -> None:
-        """Nothing to fetch: the blocks are already here."""
+        """Nothing to fetch: the blocks are already here (the id is still checked, as every method does)."""
+        self.dir(job_id)
 
     def save_checkpoint(self, job_id: str, snapshot: dict) -> None:
         """Atomically replace the job's rollout checkpoint."""
