@@ -462,9 +462,26 @@ class Worker:
             try:
                 fn(a, *args)
             except Exception as e:  # noqa: BLE001 - one job's disk trouble must not stop the others
-                log.exception("writing output of %s failed", a.id, extra={"job_id": a.id})
                 self._stop_stepping(a)
+                ended = self._ended_elsewhere(a)
+                if ended is not None:  # deleted meanwhile (its files went first): not a disk fault
+                    self._release(a, reason="cancelled", error=ended)
+                    continue
+                log.exception("writing output of %s failed", a.id, extra={"job_id": a.id})
                 self._fail_now(a, "output_failed", f"could not write its output: {type(e).__name__}: {e}")
+
+    def _ended_elsewhere(self, a: _Active) -> dict | None:
+        """The end event of a job cancelled or deleted through the API while its output was being
+        written (on the cluster an API node removes the files while the worker still writes), else None."""
+        try:
+            status = self.queue.statuses([a.id])[0]
+        except self.strategy.transient_errors:
+            return None
+        if status is None:
+            return {"code": "deleted", "message": "the video was deleted"}
+        if status == "cancelled":
+            return {"code": "cancelled", "message": "the job was cancelled"}
+        return None
 
     def _session_block(self, a: _Active, block: Block) -> None:
         metrics.BLOCK_SECONDS.observe(block.seconds)
