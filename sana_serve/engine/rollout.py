@@ -112,9 +112,19 @@ def noise_generator(seed: int, *keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(entropy[0] >> np.uint64(1)))
 
 
+def to_host(t: torch.Tensor) -> torch.Tensor:
+    """THE place where the engine copies a device tensor to the host. Two things cross, once per
+    block: the finished frames (uint8) and the checkpoint (`Rollout.snapshot`). Everything else
+    stays on the engine's device; tests/engine/test_device_guard.py runs the engine on a stand-in
+    device and fails on any other copy to the host (or any op mixing devices)."""
+    return t.detach().to("cpu", copy=True)
+
+
 def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """(1, 3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
-    return ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+    """(1, 3, T, H, W) in [-1, 1] on the engine's device -> (T, H, W, 3) uint8 on the host. The
+    conversion runs on the device, so the one copy to the host is the uint8 frames, 1/4 of fp32."""
+    frames = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)
+    return to_host(frames.contiguous()).numpy()
 
 
 FULL_SEQUENCE_ENDLESS = ("this model denoises whole videos at once (mode full_sequence): an endless realtime session "
@@ -335,7 +345,7 @@ class Engine(RequestRules):
         for members in decode_groups.values():
             videos = decode_streams([rollouts[i].decoder for i in members], [pieces[i] for i in members])
             for i, video in zip(members, videos):
-                results[i] = rollouts[i]._finish_block(video)
+                results[i] = rollouts[i]._finish_block(video, pieces[i])
         return results
 
     def text_context(self, prompt: str, negative_prompt: str, guidance_scale: float) -> TextContext:
@@ -399,6 +409,10 @@ class Rollout:
         self.state: StreamState | None = None if self.full_sequence else e.transformer.new_state(self.rows,
                                                                                                   s.window_chunks)
         self.decoder = e.vae.stream_decoder()
+        # The clean latents of the blocks decoded so far, on the host: a checkpoint carries them instead
+        # of the decoder's cache (GBs at 480p), and restore() rebuilds the cache by decoding them again.
+        # None once they outgrow the cache (a very long stream): checkpoints then carry the cache itself.
+        self.decoded_latents: list[torch.Tensor] | None = []
         self.pending_clean: torch.Tensor | None = None  # last chunk, not yet folded into the state
         self.ready: torch.Tensor | None = None  # clean latent frames not yet decoded (1, C, n, h, w)
         self.next_index = 0  # next block to hand out
@@ -519,9 +533,13 @@ class Rollout:
         self.ready = self.ready[:, :, n:] if self.ready.shape[2] > n else None
         return piece
 
-    def _finish_block(self, video: torch.Tensor) -> Block:
-        """Hand over the decoded latents as a Block."""
+    def _finish_block(self, video: torch.Tensor, latents: torch.Tensor) -> Block:
+        """Hand over the decoded `latents` (now `video`) as a Block."""
         frames = to_uint8(video)
+        if self.decoded_latents is not None:
+            self.decoded_latents.append(to_host(latents))
+            if sum(t.nbytes for t in self.decoded_latents) > self.decoder.nbytes:
+                self.decoded_latents = None
         if self.next_index == 0 and self.trim:
             frames = frames[self.trim:]
         block = Block(self.next_index, self.next_frame, frames, self.num_blocks or 0,
@@ -542,32 +560,45 @@ class Rollout:
 
     # -- resume ------------------------------------------------------------------------------
     def snapshot(self) -> dict:
-        """Everything needed to continue after a restart (tensors on CPU; torch.save-able)."""
+        """Everything needed to continue after a restart: a dict of host tensors and plain values
+        (torch.save-able, torch.load(weights_only=True)-able).
+
+        Its size is about the stream state plus the clean latents: not the VAE decoder's causal
+        cache (~3.5 GiB for the Wan VAE at 480p, fp32) but the latents of the blocks decoded so far,
+        from which restore() rebuilds that cache exactly. Only a stream whose latents outgrew the cache
+        carries the cache instead (`decoded_latents` is None then)."""
         if not self.between_blocks:
             raise RuntimeError("snapshot() between blocks only: a chunk is being denoised")
-        cpu = lambda t: None if t is None else t.detach().cpu().clone()  # noqa: E731
-        names = {m: n for n, m in self.engine.vae.named_modules()}
+        host = lambda t: None if t is None else to_host(t)  # noqa: E731
         state = None if self.state is None else {
-            k: ([{n: cpu(t) for n, t in layer.items()} for layer in v] if k == "layers" else v)
-            for k, v in self.state.state_dict().items()}
+            "window_chunks": self.state.window_chunks, "next_frame": self.state.next_frame,
+            "chunks_seen": self.state.chunks_seen,
+            "layers": [{n: host(t) for n, t in vars(layer).items()} for layer in self.state.layers]}
+        replay = self.decoded_latents is not None
+        decoder_cache = None
+        if not replay:
+            names = {m: n for n, m in self.engine.vae.named_modules()}
+            decoder_cache = {names[m]: host(t) for m, t in self.decoder.cache.items()}
         return {
-            "version": 2,
+            "version": 3,
             "next_index": self.next_index,
             "next_frame": self.next_frame,
             "next_chunk": self.next_chunk,
             "prompt": self.request.prompt,
             "negative_prompt": self.request.negative_prompt,
             "state": state,
-            "decoder_cache": {names[m]: cpu(t) for m, t in self.decoder.cache.items()},
-            "pending_clean": cpu(self.pending_clean),
-            "ready": cpu(self.ready),
+            # the decoded blocks' latents (restore decodes them again) or, for a long stream, the decoder cache
+            "decoded_latents": torch.cat(self.decoded_latents, dim=2) if replay and self.decoded_latents else None,
+            "decoder_cache": decoder_cache,
+            "pending_clean": host(self.pending_clean),
+            "ready": host(self.ready),
         }
 
     @classmethod
     def restore(cls, engine: "Engine", request: GenerationRequest, snapshot: dict) -> "Rollout":
         """A rollout that continues from `snapshot` exactly as the original would have."""
         version = snapshot.get("version")
-        if version not in (1, 2):
+        if version not in (1, 2, 3):
             raise ValueError(f"unknown rollout snapshot version {version!r}")
         request = dataclasses.replace(request, prompt=snapshot["prompt"], negative_prompt=snapshot["negative_prompt"])
         self = cls(engine, request)
@@ -577,12 +608,29 @@ class Rollout:
             sd = dict(snapshot["state"])
             sd["layers"] = [{n: to(t) for n, t in layer.items()} for layer in sd["layers"]]
             self.state = StreamState.from_state_dict(sd)
-        modules = dict(engine.vae.named_modules())
-        self.decoder.cache.update({modules[n]: to(t) for n, t in snapshot["decoder_cache"].items()})
-        self.pending_clean = to(snapshot["pending_clean"])
         self.next_index, self.next_frame = snapshot["next_index"], snapshot["next_frame"]
+        if snapshot.get("decoder_cache") is not None:  # versions 1, 2; version 3 for a long stream
+            modules = dict(engine.vae.named_modules())
+            self.decoder.cache.update({modules[n]: to(t) for n, t in snapshot["decoder_cache"].items()})
+            self.decoded_latents = None
+        else:
+            self._replay_decoder(snapshot["decoded_latents"])
+        self.pending_clean = to(snapshot["pending_clean"])
         # version 1 (before blocks and chunks could differ): one chunk per block, nothing waiting
         self.next_chunk = snapshot.get("next_chunk", self.next_index)
         self.ready = to(snapshot.get("ready"))
         return self
 
+    def _replay_decoder(self, latents: torch.Tensor | None) -> None:
+        """Rebuild the decoder's causal cache by decoding the handed-out blocks' latents again, block by
+        block with the same sizes, discarding the frames: the same calls on the same inputs as the
+        original run (batch-invariant: each block decoded alone), so the cache is bit-identical."""
+        sizes = [self.block_size(i) for i in range(self.next_index)]
+        if sum(sizes) != (0 if latents is None else latents.shape[2]):
+            raise ValueError(f"the checkpoint holds {0 if latents is None else latents.shape[2]} decoded latent "
+                             f"frames; blocks 0..{self.next_index - 1} need {sum(sizes)}")
+        if latents is None:
+            return
+        for piece in latents.to(self.engine.device).split(sizes, dim=2):
+            self.decoder.decode(piece)  # frames discarded: only the cache it leaves behind matters
+        self.decoded_latents = [latents]  # the next checkpoint carries them again

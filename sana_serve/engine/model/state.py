@@ -19,6 +19,16 @@ from dataclasses import dataclass
 import torch
 
 
+def storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind `tensors` (None skipped): what they keep allocated."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if t is not None:
+            storage = t.untyped_storage()
+            seen[storage._cdata] = storage.nbytes()  # _cdata: the storage itself (also for meta/fake tensors)
+    return sum(seen.values())
+
+
 @dataclass
 class LayerState:
     vk: torch.Tensor  # (B, H, d_v, d_k) fp32
@@ -54,7 +64,9 @@ class StreamState:
     def add_chunk(self, contributions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], num_frames: int) -> None:
         """Fold one clean chunk into every layer: contributions[i] = (vk, k_sum, conv_tail) of layer i."""
         for st, (vk, k_sum, conv_tail) in zip(self.layers, contributions, strict=True):
-            st.conv_tail = conv_tail
+            # Own copy: the tail arrives as a view of the layer's whole FFN output for the chunk
+            # (or of a StateBatch's rows); keeping the view would pin all of it for the next chunk.
+            st.conv_tail = conv_tail.clone(memory_format=torch.contiguous_format)
             if self.window_chunks is None:
                 st.vk += vk
                 st.k_sum += k_sum
@@ -74,7 +86,9 @@ class StreamState:
         return out
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors())
+        """Bytes the state really holds: the storages behind its tensors, each counted once (a view
+        counts its whole storage, which is what it keeps alive)."""
+        return storage_bytes(self.tensors())
 
     def state_dict(self) -> dict:
         """Everything needed to resume a rollout after a restart."""
