@@ -90,15 +90,21 @@ def meta_engine(text_encoder, mode: str) -> Engine:
     return Engine(transformer, vae, text_encoder, cfg, DEVICE)
 
 
-def run_batched(engine: Engine, requests: list[GenerationRequest], snapshot_after_blocks: int) -> list[list]:
+def run_batched(engine: Engine, guard: DeviceGuard, requests: list[GenerationRequest],
+                snapshot_after_blocks: int) -> tuple[list[list], list[tuple[int, ...]]]:
     """Two requests advanced together through Engine.step; the first is snapshotted after
-    `snapshot_after_blocks` blocks and replaced by its restore (as a resumed server job)."""
+    `snapshot_after_blocks` blocks and replaced by its restore (as a resumed server job).
+    Returns each request's blocks and the shapes uploaded host -> device during the steps."""
     rollouts = [Rollout(engine, r) for r in requests]
     blocks: list[list] = [[] for _ in requests]
+    step_uploads = []
     restored = False
     while not all(r.done for r in rollouts):
         active = [i for i, r in enumerate(rollouts) if not r.done]
-        for i, b in zip(active, engine.step([rollouts[i] for i in active])):
+        before = len(guard.uploads)
+        results = engine.step([rollouts[i] for i in active])
+        step_uploads += guard.uploads[before:]
+        for i, b in zip(active, results):
             if b is not None:
                 blocks[i].append(b)
         first = rollouts[0]
@@ -106,18 +112,24 @@ def run_batched(engine: Engine, requests: list[GenerationRequest], snapshot_afte
             rollouts[0] = Rollout.restore(engine, requests[0], first.snapshot())
             restored = True
     assert restored
-    return blocks
+    return blocks, step_uploads
 
 
 @pytest.mark.parametrize("mode", ["block_causal", "full_sequence"])
 def test_engine_stays_on_its_device_end_to_end(engine, guarded, mode):
     e = meta_engine(engine.text_encoder, mode)
     requests = [GenerationRequest(RED, seconds=5, seed=1), GenerationRequest(BLUE, seconds=3, seed=2, guidance_scale=1.0)]
-    blocks = run_batched(e, requests, snapshot_after_blocks=1)
+    blocks, step_uploads = run_batched(e, guarded, requests, snapshot_after_blocks=1)
     for req, got in zip(requests, blocks):
         assert [b.index for b in got] == list(range(len(e.plan_blocks(req))))
         assert sum(b.frame_count for b in got) == e.request_frames(req)
         assert all(b.frames.dtype.name == "uint8" and b.frames.shape[1:] == (64, 64, 3) for b in got)
-    # what crossed: each block's uint8 frames, and the snapshot's tensors
+    # what crossed to the host: each block's uint8 frames, and the checkpoint's tensors
     assert any(dtype == torch.uint8 for _, dtype in guarded.crossed)
     assert all(dtype in (torch.uint8, torch.float32) for _, dtype in guarded.crossed)
+    # what went up during the steps: each chunk's noise in one copy, and the RoPE frequencies once
+    # (1-D, per axis length); nothing per denoising step
+    chunks = sum(len(Rollout(e, r).chunk_sizes) for r in requests)
+    noise = [s for s in step_uploads if len(s) > 1]
+    assert len(noise) == chunks, step_uploads
+    assert all(len(s) == 1 for s in step_uploads if len(s) == 1) and len(step_uploads) - len(noise) <= 3

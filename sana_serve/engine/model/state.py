@@ -18,15 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-def storage_bytes(tensors) -> int:
-    """Bytes of the distinct storages behind `tensors` (None skipped): what they keep allocated."""
-    seen: dict[int, int] = {}
-    for t in tensors:
-        if t is not None:
-            storage = t.untyped_storage()
-            seen[storage._cdata] = storage.nbytes()  # _cdata: the storage itself (also for meta/fake tensors)
-    return sum(seen.values())
+from sana_serve.engine.memory import storage_bytes
 
 
 @dataclass

@@ -54,7 +54,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from sana_serve.engine.model.state import storage_bytes
+
+from sana_serve.engine.memory import storage_bytes
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
