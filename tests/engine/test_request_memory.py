@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 import torch
 
 from sana_serve.engine.memory import storage_bytes
@@ -89,3 +90,60 @@ def test_a_stream_whose_latents_outgrew_the_cache_checkpoints_the_cache(engine):
     while not resumed.done:
         got.append(resumed.next_block().frames)
     np.testing.assert_array_equal(np.concatenate(got), np.concatenate(whole))
+
+
+RED = "a red circle moving right on a black background"
+
+
+def test_request_bytes_cover_a_real_block(engine):
+    """The admission cost, computed from shapes on meta, covers what a real block allocates on the CPU
+    (live storages, followed op by op) beside the request's state and decoder cache."""
+    from sana_serve.engine.memory import LiveBytes
+
+    req = GenerationRequest(RED, seconds=4, seed=2)
+    rollout = Rollout(engine, req)
+    with LiveBytes() as live:
+        rollout.next_block()
+        rollout.next_block()
+    cost = engine.request_bytes(req)
+    assert live.peak <= cost
+    assert cost < 4 * live.peak  # and is not a blanket over-estimate
+
+
+def test_admission_keeps_requests_within_the_memory_budget(engine, monkeypatch):
+    one = engine.request_bytes(GenerationRequest(RED, seconds=4, guidance_scale=1.0))
+    cfg = engine.request_bytes(GenerationRequest(RED, seconds=4, guidance_scale=3.0))
+    assert cfg > one  # CFG doubles the rows
+    monkeypatch.setattr(engine, "memory_budget", int(2.5 * one))
+    plain = GenerationRequest(RED, seconds=4, guidance_scale=1.0)
+    assert engine.fits([plain, plain]) and not engine.fits([plain, plain, plain])
+    monkeypatch.setattr(engine, "memory_budget", (one + cfg) // 2)
+    engine.validate(plain)
+    with pytest.raises(ValueError, match="GiB of device memory"):  # never fits: refused up front (a 4xx)
+        engine.validate(GenerationRequest(RED, seconds=4, guidance_scale=3.0))
+
+
+def test_out_of_memory_in_a_batched_step_fails_only_the_request_that_does_not_fit(engine, monkeypatch):
+    """As if the device held at most one row per forward: the batched step runs out of memory, its
+    requests are retried one at a time, the one-row request goes on (bit-identical to running alone)
+    and only the two-row (CFG) request fails."""
+    plain = GenerationRequest(RED, seconds=4, seed=3, guidance_scale=1.0)
+    alone = np.concatenate([b.frames for b in engine.stream(plain)])
+    forward = engine.transformer.forward_chunk
+
+    def forward_within_one_row(latents, *args, **kwargs):
+        if latents.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected: one row fits)")
+        return forward(latents, *args, **kwargs)
+
+    monkeypatch.setattr(engine.transformer, "forward_chunk", forward_within_one_row)
+    rollouts = [Rollout(engine, plain), Rollout(engine, GenerationRequest(BLUE, seconds=4, seed=4, guidance_scale=3.0))]
+    frames = []
+    while not rollouts[0].done:
+        blocks = engine.step([r for r in rollouts if not r.failed])
+        assert isinstance(rollouts[1].failed, torch.OutOfMemoryError)
+        if blocks[0] is not None:
+            frames.append(blocks[0].frames)
+    np.testing.assert_array_equal(np.concatenate(frames), alone)
+    with pytest.raises(torch.OutOfMemoryError):
+        rollouts[1].next_block()
