@@ -97,6 +97,8 @@ def measure(name: str, dtype: torch.dtype) -> dict:
 
 
 def mib(n: int) -> str:
+    if n == 0:
+        return "0"
     return f"{n / 2**20:,.1f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
 
 

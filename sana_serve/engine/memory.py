@@ -47,13 +47,15 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {id(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         for t in tree_leaves(out):
-            if not isinstance(t, torch.Tensor) or id(t) in inputs:  # in-place ops hand back their input
+            if not isinstance(t, torch.Tensor):
                 continue
             storage = t.untyped_storage()
             key = storage._cdata
             if key not in self._refs:
+                if key in inputs:  # in place on, or a view of, a tensor made outside (a weight, an input)
+                    continue
                 self._refs[key] = 0
                 self._size[key] = storage.nbytes()
                 self.live += storage.nbytes()
@@ -68,7 +70,7 @@ def meta_transformer(transformer):
     compute dtype's, which is what counts here)."""
     from sana_serve.engine.model.transformer import SanaVideoTransformer
 
-    dtype = next(p.dtype for p in transformer.parameters() if p.is_floating_point() and p.dtype != torch.uint8)
+    dtype = transformer.proj_out.weight.dtype  # the compute dtype (never NVFP4-packed)
     with META:
         return SanaVideoTransformer(**transformer.config).to(dtype).eval().requires_grad_(False)
 
