@@ -76,8 +76,10 @@ def meta_transformer(transformer):
 
 
 def meta_vae(vae):
+    """The VAE's architecture on `meta`, in its dtype."""
+    dtype = next(vae.parameters()).dtype
     with META:
-        return type(vae)(**vae.config).eval().requires_grad_(False)
+        return type(vae)(**vae.config).to(dtype).eval().requires_grad_(False)
 
 
 @torch.no_grad()
