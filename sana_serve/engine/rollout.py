@@ -112,9 +112,19 @@ def noise_generator(seed: int, *keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(entropy[0] >> np.uint64(1)))
 
 
+def to_host(t: torch.Tensor) -> torch.Tensor:
+    """THE place where the engine copies a device tensor to the host. Two things cross, once per
+    block: the finished frames (uint8) and the checkpoint (`Rollout.snapshot`). Everything else
+    stays on the engine's device; tests/engine/test_device_guard.py runs the engine on a stand-in
+    device and fails on any other copy to the host (or any op mixing devices)."""
+    return t.detach().to("cpu", copy=True)
+
+
 def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """(1, 3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
-    return ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+    """(1, 3, T, H, W) in [-1, 1] on the engine's device -> (T, H, W, 3) uint8 on the host. The
+    conversion runs on the device, so the one copy to the host is the uint8 frames, 1/4 of fp32."""
+    frames = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)
+    return to_host(frames.contiguous()).numpy()
 
 
 FULL_SEQUENCE_ENDLESS = ("this model denoises whole videos at once (mode full_sequence): an endless realtime session "
@@ -253,7 +263,8 @@ class Engine(RequestRules):
     """
 
     def __init__(self, transformer: SanaVideoTransformer, vae, text_encoder, config: ModelConfig,
-                 device: str | torch.device = "cpu", scheduler=None, batch_invariant: bool = True):
+                 device: str | torch.device = "cpu", scheduler=None, batch_invariant: bool = True,
+                 memory_budget: int | None = None):
         self.transformer = transformer.eval().requires_grad_(False)
         self.vae = vae.eval().requires_grad_(False)
         self.text_encoder = text_encoder
@@ -269,6 +280,63 @@ class Engine(RequestRules):
         self.latent_channels = vae.latent_channels
         v = config.video
         self.latent_hw = (v.height // vae.spatial_compression, v.width // vae.spatial_compression)
+        if memory_budget is None and self.device.type == "cuda":
+            # what is free once the weights are loaded, less 10 % for the caching allocator's rounding and
+            # fragmentation, cuBLAS workspaces and the like
+            memory_budget = int(torch.cuda.mem_get_info(self.device)[0] * 0.9)
+        self.memory_budget = memory_budget  # bytes the requests may take together; None: no limit (CPU)
+        self._meta_models = None  # the architecture on `meta`, for request_bytes
+        self._request_bytes: dict[tuple, int] = {}
+
+    # -- memory ------------------------------------------------------------------------------
+    def request_bytes(self, req: GenerationRequest) -> int:
+        """Device bytes one request takes at its peak, measured from shapes on the meta device
+        (engine.memory): its rows' activations in a forward at its largest chunk, its stream state,
+        the VAE decoder's cache plus one block's decode, its latents and noise, its text context.
+        The weights are not in it (they are shared)."""
+        from sana_serve.engine import memory
+
+        s = self.config.sampling
+        guidance = s.guidance_scale if req.guidance_scale is None else req.guidance_scale
+        rows = 2 if guidance != 1.0 else 1
+        width, height = self.request_size(req)
+        h, w = height // self.vae.spatial_compression, width // self.vae.spatial_compression
+        blocks = [s.chunk_frames] if req.endless else self.plan_blocks(req)
+        latent = sum(blocks)
+        if self.mode == "full_sequence":
+            chunk = latent
+        elif s.merge_remainder:
+            chunk = max(merged_remainder_plan(latent, s.chunk_frames))
+        else:
+            chunk = max(blocks)
+        key = (rows, chunk, max(blocks), latent if self.mode == "full_sequence" else 0, h, w)
+        if key not in self._request_bytes:
+            if self._meta_models is None:
+                self._meta_models = (memory.meta_transformer(self.transformer), memory.meta_vae(self.vae))
+            model, vae = self._meta_models
+            c = self.latent_channels
+            forward, state = memory.forward_peak_bytes(model, rows, (c, chunk, h, w), self.config.text_max_length,
+                                                       with_state=self.mode == "block_causal",
+                                                       window_chunks=s.window_chunks)
+            _, decode = memory.decoder_bytes(vae, c, max(blocks), h, w)
+            # the video's clean latents waiting to be decoded (full-sequence: all of them), a chunk's noise
+            # (every step's, for the renoise sampler), the sampler's x and x0
+            latents = 4 * c * h * w * (key[3] + chunk * (len(s.timesteps or [0]) + 3))
+            text = rows * self.config.text_max_length * model.inner_dim * 2 * len(model.transformer_blocks) * \
+                model.proj_out.weight.element_size()
+            self._request_bytes[key] = forward + state + decode + latents + text
+        return self._request_bytes[key]
+
+    def fits(self, requests: list[GenerationRequest]) -> bool:
+        """Whether these requests can run together within the memory budget."""
+        return self.memory_budget is None or sum(self.request_bytes(r) for r in requests) <= self.memory_budget
+
+    def validate(self, req: GenerationRequest) -> None:
+        super().validate(req)
+        if self.memory_budget is not None and self.request_bytes(req) > self.memory_budget:
+            raise ValueError(f"this request needs about {self.request_bytes(req) / 2**30:.1f} GiB of device memory and "
+                             f"this server has {self.memory_budget / 2**30:.1f} GiB for requests: ask for fewer seconds, "
+                             f"a smaller size or guidance_scale 1")
 
     # -- generation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -300,43 +368,76 @@ class Engine(RequestRules):
         for r in rollouts:
             if not r._started:
                 r._started = now
-        calls = [r._model_call() for r in rollouts]
+        calls = [None if r.failed else r._model_call() for r in rollouts]
         groups: dict[tuple, list[int]] = {}
         for i, call in enumerate(calls):
             if call is not None:
                 key = (tuple(call[0].shape[1:]), rollouts[i].text.bias is None, rollouts[i].state is None)
                 groups.setdefault(key, []).append(i)
         for members in groups.values():
-            updates = [calls[i][2] for i in members]
-            if len(members) == 1:  # alone: no copies, and bit-identical to an unbatched run
-                r = rollouts[members[0]]
-                x, t, update = calls[members[0]]
-                outs = [self.transformer.forward_chunk(x, t, r.text, r.state, update_state=update)]
-            else:
-                group = [rollouts[i] for i in members]
-                x = torch.cat([calls[i][0] for i in members])
-                t = torch.cat([calls[i][1] for i in members])
-                text = TextContext.cat([r.text for r in group])
-                states = None if group[0].state is None else StateBatch([r.state for r in group], update=updates)
-                rows = [r.rows for r in group] if self.batch_invariant else None
-                out = self.transformer.forward_chunk(x, t, text, states, update_state=any(updates), request_rows=rows)
-                outs = out.split([r.rows for r in group])
-            for i, out, update in zip(members, outs, updates):
-                rollouts[i]._take_output(out, update)
+            try:
+                outs = self._forward(rollouts, members, calls)
+            except torch.OutOfMemoryError as e:
+                outs, error = None, e
+            if outs is None:
+                if len(members) == 1:  # it does not fit even alone: only this request fails
+                    rollouts[members[0]].failed = error.with_traceback(None)  # no traceback: it would pin the step's tensors
+                    continue
+                # Out of memory in a batched forward: nothing has changed yet (the states are updated only
+                # at the end of a forward), so run the requests one at a time (bit-identical, batch
+                # invariance) and fail only one that does not fit even alone.
+                del error
+                for i in members:
+                    try:
+                        out = self._forward(rollouts, [i], calls)[0]
+                    except torch.OutOfMemoryError as e:
+                        rollouts[i].failed = e.with_traceback(None)
+                        continue
+                    rollouts[i]._take_output(out, calls[i][2])
+                continue
+            for i, out in zip(members, outs):
+                rollouts[i]._take_output(out, calls[i][2])
         # Decode the blocks whose latents are clean. Batch-invariant: each on its own (the VAE's
         # convolutions keep the cores busy at batch 1: a batched pass saved 3 %, README); otherwise
         # batched like the forward, one VAE pass per shape.
-        pieces = {i: p for i, r in enumerate(rollouts) if (p := r._take_piece()) is not None}
+        pieces = {i: p for i, r in enumerate(rollouts) if not r.failed and (p := r._take_piece()) is not None}
         decode_groups: dict[tuple, list[int]] = {}
         for i, x0 in pieces.items():  # a fresh decoder (empty cache) cannot share a pass with a warm one
             key = (i,) if self.batch_invariant else (tuple(x0.shape), rollouts[i].next_index == 0)
             decode_groups.setdefault(key, []).append(i)
         results: list[Block | None] = [None] * len(rollouts)
         for members in decode_groups.values():
-            videos = decode_streams([rollouts[i].decoder for i in members], [pieces[i] for i in members])
-            for i, video in zip(members, videos):
-                results[i] = rollouts[i]._finish_block(video)
+            # A batched decode (not batch-invariant) changes the decoders' caches only at its end: on running
+            # out of memory it is retried one video at a time. A decode alone changes its cache as it goes:
+            # out of memory there fails its request.
+            for part in [members] if len(members) == 1 else [members, *([i] for i in members)]:
+                try:
+                    videos = decode_streams([rollouts[i].decoder for i in part], [pieces[i] for i in part])
+                except torch.OutOfMemoryError as e:
+                    if len(part) == 1:
+                        rollouts[part[0]].failed = e.with_traceback(None)
+                    continue
+                for i, video in zip(part, videos):
+                    results[i] = rollouts[i]._finish_block(video, pieces[i])
+                if part is members:
+                    break
         return results
+
+    def _forward(self, rollouts: list["Rollout"], members: list[int], calls: list) -> list[torch.Tensor]:
+        """One forward for the rollouts `members` (same chunk shape); their output rows, per rollout."""
+        updates = [calls[i][2] for i in members]
+        if len(members) == 1:  # alone: no copies, and bit-identical to an unbatched run
+            r = rollouts[members[0]]
+            x, t, update = calls[members[0]]
+            return [self.transformer.forward_chunk(x, t, r.text, r.state, update_state=update)]
+        group = [rollouts[i] for i in members]
+        x = torch.cat([calls[i][0] for i in members])
+        t = torch.cat([calls[i][1] for i in members])
+        text = TextContext.cat([r.text for r in group])
+        states = None if group[0].state is None else StateBatch([r.state for r in group], update=updates)
+        rows = [r.rows for r in group] if self.batch_invariant else None
+        out = self.transformer.forward_chunk(x, t, text, states, update_state=any(updates), request_rows=rows)
+        return list(out.split([r.rows for r in group]))
 
     def text_context(self, prompt: str, negative_prompt: str, guidance_scale: float) -> TextContext:
         """Cond rows first, then uncond rows when guidance is on."""
@@ -399,12 +500,18 @@ class Rollout:
         self.state: StreamState | None = None if self.full_sequence else e.transformer.new_state(self.rows,
                                                                                                   s.window_chunks)
         self.decoder = e.vae.stream_decoder()
+        # The clean latents of the blocks decoded so far, on the host: a checkpoint carries them instead
+        # of the decoder's cache (GBs at 480p), and restore() rebuilds the cache by decoding them again.
+        # None once they outgrow the cache (a very long video), and for an endless session (they would
+        # grow without end): checkpoints then carry the cache itself.
+        self.decoded_latents: list[torch.Tensor] | None = None if request.endless else []
         self.pending_clean: torch.Tensor | None = None  # last chunk, not yet folded into the state
         self.ready: torch.Tensor | None = None  # clean latent frames not yet decoded (1, C, n, h, w)
         self.next_index = 0  # next block to hand out
         self.next_frame = 0
         self.next_chunk = 0  # next chunk to denoise
         self._chunk = None  # the chunk being denoised: a ChunkSampler (or the checkpoint's scheduler)
+        self.failed: torch.OutOfMemoryError | None = None  # set by Engine.step: this request did not fit, even alone
         self._started = 0.0
 
     # -- plan ------------------------------------------------------------------------------
@@ -486,13 +593,19 @@ class Rollout:
                 return
             self._chunk = ChunkSampler(noise, self.sigmas, self.sampler)
             return
-        noise = torch.randn(shape, generator=noise_generator(seed, index, 0)).to(e.device)
+        sigmas = self.first_sigmas if index == 0 else self.sigmas
+        # All of the chunk's noise at once: the start (step key 0) and, for the renoise sampler, the fresh
+        # noise of every step but the last (keys 1..steps-1), drawn on the host from the per-(chunk, step)
+        # generators and uploaded in one copy, so the denoising steps themselves never touch the host.
+        # Host generators keep a seed's noise the same on every device (and resumable anywhere).
+        draws = len(sigmas) - 1 if self.sampler == "renoise" else 1
+        noise = torch.stack([torch.randn(shape, generator=noise_generator(seed, index, k))
+                             for k in range(draws)]).to(e.device)
 
         def renoise(step):
-            return torch.randn(shape, generator=noise_generator(seed, index, step + 1)).to(e.device)
+            return noise[step + 1]
 
-        sigmas = self.first_sigmas if index == 0 else self.sigmas
-        self._chunk = ChunkSampler(noise, sigmas, self.sampler, renoise,
+        self._chunk = ChunkSampler(noise[0], sigmas, self.sampler, renoise,
                                    model_timesteps=None if index == 0 and sigmas is not self.sigmas
                                    else self.model_timesteps)
 
@@ -519,9 +632,13 @@ class Rollout:
         self.ready = self.ready[:, :, n:] if self.ready.shape[2] > n else None
         return piece
 
-    def _finish_block(self, video: torch.Tensor) -> Block:
-        """Hand over the decoded latents as a Block."""
+    def _finish_block(self, video: torch.Tensor, latents: torch.Tensor) -> Block:
+        """Hand over the decoded `latents` (now `video`) as a Block."""
         frames = to_uint8(video)
+        if self.decoded_latents is not None:
+            self.decoded_latents.append(to_host(latents))
+            if sum(t.nbytes for t in self.decoded_latents) > self.decoder.nbytes:
+                self.decoded_latents = None
         if self.next_index == 0 and self.trim:
             frames = frames[self.trim:]
         block = Block(self.next_index, self.next_frame, frames, self.num_blocks or 0,
@@ -537,37 +654,52 @@ class Rollout:
             if cancelled is not None and cancelled():
                 raise Cancelled()
             block = self.engine.step([self])[0]
+            if self.failed is not None:
+                raise self.failed
             if block is not None:
                 return block
 
     # -- resume ------------------------------------------------------------------------------
     def snapshot(self) -> dict:
-        """Everything needed to continue after a restart (tensors on CPU; torch.save-able)."""
+        """Everything needed to continue after a restart: a dict of host tensors and plain values
+        (torch.save-able, torch.load(weights_only=True)-able).
+
+        Its size is about the stream state plus the clean latents: not the VAE decoder's causal
+        cache (~3.5 GiB for the Wan VAE at 480p, fp32) but the latents of the blocks decoded so far,
+        from which restore() rebuilds that cache exactly. Only a stream whose latents outgrew the cache
+        carries the cache instead (`decoded_latents` is None then)."""
         if not self.between_blocks:
             raise RuntimeError("snapshot() between blocks only: a chunk is being denoised")
-        cpu = lambda t: None if t is None else t.detach().cpu().clone()  # noqa: E731
-        names = {m: n for n, m in self.engine.vae.named_modules()}
+        host = lambda t: None if t is None else to_host(t)  # noqa: E731
         state = None if self.state is None else {
-            k: ([{n: cpu(t) for n, t in layer.items()} for layer in v] if k == "layers" else v)
-            for k, v in self.state.state_dict().items()}
+            "window_chunks": self.state.window_chunks, "next_frame": self.state.next_frame,
+            "chunks_seen": self.state.chunks_seen,
+            "layers": [{n: host(t) for n, t in vars(layer).items()} for layer in self.state.layers]}
+        replay = self.decoded_latents is not None
+        decoder_cache = None
+        if not replay:
+            names = {m: n for n, m in self.engine.vae.named_modules()}
+            decoder_cache = {names[m]: host(t) for m, t in self.decoder.cache.items()}
         return {
-            "version": 2,
+            "version": 3,
             "next_index": self.next_index,
             "next_frame": self.next_frame,
             "next_chunk": self.next_chunk,
             "prompt": self.request.prompt,
             "negative_prompt": self.request.negative_prompt,
             "state": state,
-            "decoder_cache": {names[m]: cpu(t) for m, t in self.decoder.cache.items()},
-            "pending_clean": cpu(self.pending_clean),
-            "ready": cpu(self.ready),
+            # the decoded blocks' latents (restore decodes them again) or, for a long stream, the decoder cache
+            "decoded_latents": torch.cat(self.decoded_latents, dim=2) if replay and self.decoded_latents else None,
+            "decoder_cache": decoder_cache,
+            "pending_clean": host(self.pending_clean),
+            "ready": host(self.ready),
         }
 
     @classmethod
     def restore(cls, engine: "Engine", request: GenerationRequest, snapshot: dict) -> "Rollout":
         """A rollout that continues from `snapshot` exactly as the original would have."""
         version = snapshot.get("version")
-        if version not in (1, 2):
+        if version not in (1, 2, 3):
             raise ValueError(f"unknown rollout snapshot version {version!r}")
         request = dataclasses.replace(request, prompt=snapshot["prompt"], negative_prompt=snapshot["negative_prompt"])
         self = cls(engine, request)
@@ -577,12 +709,29 @@ class Rollout:
             sd = dict(snapshot["state"])
             sd["layers"] = [{n: to(t) for n, t in layer.items()} for layer in sd["layers"]]
             self.state = StreamState.from_state_dict(sd)
-        modules = dict(engine.vae.named_modules())
-        self.decoder.cache.update({modules[n]: to(t) for n, t in snapshot["decoder_cache"].items()})
-        self.pending_clean = to(snapshot["pending_clean"])
         self.next_index, self.next_frame = snapshot["next_index"], snapshot["next_frame"]
+        if snapshot.get("decoder_cache") is not None:  # versions 1, 2; version 3 for a long stream
+            modules = dict(engine.vae.named_modules())
+            self.decoder.cache.update({modules[n]: to(t) for n, t in snapshot["decoder_cache"].items()})
+            self.decoded_latents = None
+        else:
+            self._replay_decoder(snapshot["decoded_latents"])
+        self.pending_clean = to(snapshot["pending_clean"])
         # version 1 (before blocks and chunks could differ): one chunk per block, nothing waiting
         self.next_chunk = snapshot.get("next_chunk", self.next_index)
         self.ready = to(snapshot.get("ready"))
         return self
 
+    def _replay_decoder(self, latents: torch.Tensor | None) -> None:
+        """Rebuild the decoder's causal cache by decoding the handed-out blocks' latents again, block by
+        block with the same sizes, discarding the frames: the same calls on the same inputs as the
+        original run (batch-invariant: each block decoded alone), so the cache is bit-identical."""
+        sizes = [self.block_size(i) for i in range(self.next_index)]
+        if sum(sizes) != (0 if latents is None else latents.shape[2]):
+            raise ValueError(f"the checkpoint holds {0 if latents is None else latents.shape[2]} decoded latent "
+                             f"frames; blocks 0..{self.next_index - 1} need {sum(sizes)}")
+        if latents is None:
+            return
+        for piece in latents.to(self.engine.device).split(sizes, dim=2):
+            self.decoder.decode(piece)  # frames discarded: only the cache it leaves behind matters
+        self.decoded_latents = [latents]  # the next checkpoint carries them again

@@ -311,6 +311,8 @@ class Worker:
                 continue
             metrics.STEP_SECONDS.observe(time.perf_counter() - start)
             metrics.BATCH_SIZE.observe(len(batch))
+            for a in (a for a in batch if a.rollout.failed is not None):  # out of memory even alone: only it fails
+                self._fail(a, "out_of_memory", f"the request does not fit in the device's memory: {a.rollout.failed}")
             for a, block in zip(batch, blocks):
                 if block is None:
                     continue
@@ -343,6 +345,11 @@ class Worker:
                     self._register(a)
                     job = None
                 elif self._resume:
+                    # Memory admission (Engine.fits): the next job starts once it fits beside the running ones;
+                    # alone it always does (Engine.validate refused what never would).
+                    running = [x.rollout.request for x in self._active if x.rollout is not None]
+                    if running and not self.engine.fits(running + [job_request(self._resume[0])]):
+                        return
                     job = self._resume.pop(0)
                     if self.queue.statuses([job.id])[0] is None:  # deleted meanwhile
                         continue
@@ -352,8 +359,8 @@ class Worker:
                     job = self.queue.claim_next()
                     if job is None:
                         return
-                    a = _Active("job", job.id, job=job)
-                    self._register(a)
+                    self._resume.append(job)  # started through the memory admission above
+                    continue
             try:
                 if a.kind == "session":
                     a.rollout = Rollout(self.engine, a.session.request)

@@ -169,6 +169,9 @@ def test_snapshot_between_blocks_resumes_identically(tiny_sana_video_configs, mo
         rollout.next_block()
     snapshot = rollout.snapshot()
     assert (snapshot["ready"] is not None) == (mode == "full_sequence" or after == 1)
+    # the Wan decoder's cache is not in it: restore rebuilds it by decoding the handed-out blocks' latents again
+    assert snapshot["decoder_cache"] is None
+    assert snapshot["decoded_latents"].shape[2] == sum(engine.plan_blocks(request)[:after])
     resumed = Rollout.restore(engine, request, snapshot)
     rest = []
     while not resumed.done:

@@ -63,6 +63,27 @@ def test_matches_diffusers_with_guidance_embeds():
     assert rel_err(got, expected) <= 1e-4
 
 
+RELEASE_HEADS = dict(num_attention_heads=2, attention_head_dim=112, num_cross_attention_heads=2,
+                     cross_attention_head_dim=112, cross_attention_dim=224)
+
+
+def test_matches_diffusers_at_the_release_head_dim():
+    """The released 2B model's head dim, 112: its RoPE split (t 40, h 36, w 36) differs from the one
+    at the small head dims above, where two split rules in use happen to agree."""
+    ref, ours = random_pair(seed=5, **RELEASE_HEADS)
+    assert (ours.rope.t_dim, ours.rope.h_dim, ours.rope.w_dim) == (40, 36, 36)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 8, 3, 8, 8, generator=g)
+    text = torch.randn(2, 5, 32, generator=g)
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[1, 2:] = 0
+    t = torch.tensor([999.0, 300.0])
+    with torch.no_grad():
+        expected = ref(x, text, t, encoder_attention_mask=mask).sample
+        got = ours(x, text, t, encoder_attention_mask=mask)
+    assert rel_err(got, expected) <= 1e-4
+
+
 # ---------------------------------------------------------------------------------------------
 # Dense reference of the block-causal (LongSANA) model, written here from diffusers' modules:
 # one pass over the whole video, with an attention mask "key chunk <= query chunk (and within
@@ -132,9 +153,10 @@ def dense_block_causal(ref, x, text, mask, t_frames, chunk_sizes, window=None):
     return h.reshape(b, -1, frames, height * p_h, width * p_w)
 
 
-@pytest.mark.parametrize("chunk_sizes,window", [([2, 3, 3, 3], None), ([3, 3, 3, 3], 2), ([1, 1, 1, 1, 1], None)])
-def test_rollout_through_state_equals_dense_block_causal_reference(chunk_sizes, window):
-    ref, ours = random_pair(seed=3, patch_size=(1, 1, 1))
+@pytest.mark.parametrize("chunk_sizes,window,heads", [([2, 3, 3, 3], None, {}), ([3, 3, 3, 3], 2, {}),
+                                                     ([1, 1, 1, 1, 1], None, {}), ([2, 3, 3], None, RELEASE_HEADS)])
+def test_rollout_through_state_equals_dense_block_causal_reference(chunk_sizes, window, heads):
+    ref, ours = random_pair(seed=3, patch_size=(1, 1, 1), **heads)
     g = torch.Generator().manual_seed(4)
     frames = sum(chunk_sizes)
     x = torch.randn(2, 8, frames, 4, 4, generator=g)

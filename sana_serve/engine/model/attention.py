@@ -38,7 +38,9 @@ class RotaryEmbedding3D(nn.Module):
 
     Computed on the fly for any absolute frame position (no table), so an endless stream never
     runs off the end of a table; positions and frequencies are fp64 like diffusers' tables, so
-    the cos/sin values are bit-compatible with them.
+    the cos/sin values are bit-compatible with them. The tables are built on the model's device:
+    only the frequencies (a few dozen numbers per axis) are uploaded, once per device; a new chunk
+    position costs a few small device ops and no host round trip.
     """
 
     def __init__(self, head_dim: int, theta: float = 10000.0):
@@ -47,10 +49,16 @@ class RotaryEmbedding3D(nn.Module):
         self.t_dim = head_dim - self.h_dim - self.w_dim
         self.theta = theta
         self._cache: dict = {}
+        self._freqs: dict = {}  # (dim, device) -> fp64 frequencies on that device
 
-    def _axis(self, dim: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = 1.0 / (self.theta ** (torch.arange(0, dim, 2, dtype=torch.float64)[: dim // 2] / dim))
-        angles = torch.outer(positions.to(torch.float64), freqs)  # (n, dim/2): one angle per pair
+    def _axis(self, dim: int, start: int, count: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (dim, str(device))
+        freqs = self._freqs.get(key)
+        if freqs is None:  # computed on the host as before (the same fp64 values on every device), uploaded once
+            host = 1.0 / (self.theta ** (torch.arange(0, dim, 2, dtype=torch.float64)[: dim // 2] / dim))
+            freqs = self._freqs[key] = host.to(device)
+        positions = torch.arange(start, start + count, dtype=torch.float64, device=device)  # exact integers
+        angles = torch.outer(positions, freqs)  # (n, dim/2): one angle per pair
         return angles.cos().float(), angles.sin().float()
 
     # Eager even under torch.compile: the offset changes every chunk, and tracing it would
@@ -58,7 +66,7 @@ class RotaryEmbedding3D(nn.Module):
     @torch.compiler.disable
     def forward(self, frame_offset: int | Sequence[int], frames: int, height: int, width: int,
                 device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape (frames*height*width, head_dim/2), one value per rotated pair.
+        """cos, sin of shape (frames*height*width, head_dim/2), one value per rotated pair, on `device`.
 
         A sequence of offsets (one per batch row, for batched requests at different positions)
         gives per-row tables (B, frames*height*width, head_dim/2) unless they are all equal.
@@ -73,16 +81,16 @@ class RotaryEmbedding3D(nn.Module):
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        ct, st = self._axis(self.t_dim, torch.arange(frame_offset, frame_offset + frames))
-        ch, sh = self._axis(self.h_dim, torch.arange(height))
-        cw, sw = self._axis(self.w_dim, torch.arange(width))
+        ct, st = self._axis(self.t_dim, frame_offset, frames, device)
+        ch, sh = self._axis(self.h_dim, 0, height, device)
+        cw, sw = self._axis(self.w_dim, 0, width, device)
 
         def grid(t, h, w):
             return torch.cat([
                 t[:, None, None].expand(frames, height, width, -1),
                 h[None, :, None].expand(frames, height, width, -1),
                 w[None, None, :].expand(frames, height, width, -1),
-            ], dim=-1).reshape(frames * height * width, -1).to(device)
+            ], dim=-1).reshape(frames * height * width, -1)
 
         out = (grid(ct, ch, cw), grid(st, sh, sw))
         if len(self._cache) > 64:  # positions change every chunk; keep the cache small

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sana_serve.engine.memory import storage_bytes
+
 
 @dataclass
 class LayerState:
@@ -54,7 +56,9 @@ class StreamState:
     def add_chunk(self, contributions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], num_frames: int) -> None:
         """Fold one clean chunk into every layer: contributions[i] = (vk, k_sum, conv_tail) of layer i."""
         for st, (vk, k_sum, conv_tail) in zip(self.layers, contributions, strict=True):
-            st.conv_tail = conv_tail
+            # Own copy: the tail arrives as a view of the layer's whole FFN output for the chunk
+            # (or of a StateBatch's rows); keeping the view would pin all of it for the next chunk.
+            st.conv_tail = conv_tail.clone(memory_format=torch.contiguous_format)
             if self.window_chunks is None:
                 st.vk += vk
                 st.k_sum += k_sum
@@ -74,7 +78,9 @@ class StreamState:
         return out
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors())
+        """Bytes the state really holds: the storages behind its tensors, each counted once (a view
+        counts its whole storage, which is what it keeps alive)."""
+        return storage_bytes(self.tensors())
 
     def state_dict(self) -> dict:
         """Everything needed to resume a rollout after a restart."""

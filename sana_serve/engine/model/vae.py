@@ -55,6 +55,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from sana_serve.engine.memory import storage_bytes
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
@@ -413,8 +415,9 @@ class _StreamingVAE:
 
     @property
     def nbytes(self) -> int:
-        """Size of the cache; constant after the first chunk, however many chunks follow."""
-        return sum(t.numel() * t.element_size() for t in self.cache.values())
+        """Bytes the cache holds (its storages, each once); constant after the first chunk, however many
+        chunks follow."""
+        return storage_bytes(self.cache.values())
 
 
 class StreamingVAEDecoder(_StreamingVAE):
