@@ -249,8 +249,9 @@ class Worker:
 
     def job_ids(self) -> list[str]:
         """Every job held here, from claim to release (including ones the writer is finishing)."""
-        with self._lock:
-            return [i for i, a in self._by_id.items() if a.kind == "job"]
+        with self._lock:  # a claimed job waiting for memory (self._resume) is held too: its lease is renewed
+            waiting = [j.id for j in self._resume or [] if j.id not in self._by_id]
+            return [i for i, a in self._by_id.items() if a.kind == "job"] + waiting
 
     def free_slots(self) -> int:
         """Rollouts that could join the batch now, and realtime sessions that could start."""
@@ -348,7 +349,7 @@ class Worker:
                     # Memory admission (Engine.fits): the next job starts once it fits beside the running ones;
                     # alone it always does (Engine.validate refused what never would).
                     running = [x.rollout.request for x in self._active if x.rollout is not None]
-                    if running and not self.engine.fits(running + [job_request(self._resume[0])]):
+                    if running and not self.engine.fits(running + [self._resume[0].request()]):
                         return
                     job = self._resume.pop(0)
                     if self.queue.statuses([job.id])[0] is None:  # deleted meanwhile
