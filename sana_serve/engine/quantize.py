@@ -433,6 +433,7 @@ def set_kernels(model: nn.Module, kernels: str, device: torch.device) -> str:
     for m in model.modules():
         if isinstance(m, LinearSelfAttention):
             m.kernels = attention
+            m.kernels_fallback = kernels == "auto"  # chosen for the user: fall back (logged) if Triton fails
         elif isinstance(m, NVFP4Linear):
             m.backend = kernels  # "auto": FP4 tensor cores on Blackwell, Triton on CUDA, torch on CPU
     return attention
