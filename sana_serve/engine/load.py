@@ -197,7 +197,8 @@ def load_engine(config: str | os.PathLike | ModelConfig | None = None, checkpoin
                  mem["nvfp4_vs_bf16"], mem["bits_per_weight"])
     log.debug("chunk linear attention kernels: %s", attention)
     if compile:
-        transformer.forward_chunk = torch.compile(transformer.forward_chunk, dynamic=False)
+        transformer.compile_blocks()
+        torch._logging.set_logs(recompiles=True)  # each recompilation says why, in the log
     scheduler = None
     if cfg.sampling.mode == "full_sequence" and root is not None and (root / "scheduler").is_dir():
         from sana_serve.engine.scheduler import load_scheduler

@@ -210,10 +210,12 @@ class CrossAttention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(inner, dim, bias=out_bias), nn.Dropout(0.0)])
 
     def project_text(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """context (B, L, C) -> k, v as (B, heads, L, head_dim)."""
+        """context (B, L, C) -> k, v as (B, heads, L, head_dim), contiguous: one request's and a
+        batch's (torch.cat) then have the same strides, so a compiled block is not recompiled for
+        a new stride (it guards on them)."""
         k = self.norm_k(self.to_k(context)).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
         v = self.to_v(context).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
-        return k, v
+        return k.contiguous(), v.contiguous()
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None,
                 request_rows: Sequence[int] | None = None) -> torch.Tensor:
