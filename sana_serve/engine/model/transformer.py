@@ -300,6 +300,7 @@ class SanaVideoTransformer(nn.Module):
         return self.rope(offset, frames, height, width, device)
 
     STATE_KINDS = 3  # a block's past: none; linear-attention sums without a conv tail; both
+    _cudagraph_blocks = False  # compile_blocks("reduce-overhead"): blocks replay CUDA graphs
 
     def compile_blocks(self, mode: str | None = "default", backend="inductor", max_requests: int = 8) -> int:
         """torch.compile the transformer blocks (mode None: undo, back to eager). Returns the bound
@@ -317,6 +318,7 @@ class SanaVideoTransformer(nn.Module):
         import torch._dynamo
 
         bound = self.STATE_KINDS * max_requests
+        self._cudagraph_blocks = mode == "reduce-overhead"
         for blk in self.transformer_blocks:
             if mode is None:
                 blk._compiled_call_impl = None  # what nn.Module.compile sets; None runs forward eagerly
@@ -381,7 +383,13 @@ class SanaVideoTransformer(nn.Module):
             if state is not None:
                 st = state.layers[i]
                 past, tail = (st.vk, st.k_sum), st.conv_tail
+            if self._cudagraph_blocks:  # UNTESTED (no GPU here): each block call is one graph replay
+                torch.compiler.cudagraph_mark_step_begin()
             x, (vk, k_sum), new_tail = blk(x, mod, text.kv[i], text.bias, rope, f, hh, ww, past, tail, rows)
+            if self._cudagraph_blocks:  # a replay's outputs live in static buffers the next replay
+                # overwrites (all blocks share the graph): copy them out before feeding them back in
+                x, vk, k_sum = x.clone(), vk.clone(), k_sum.clone()
+                new_tail = None if new_tail is None else new_tail.clone()
             contributions.append((vk, k_sum, new_tail))
         if update_state:
             # Past layers read the state before this chunk: folding in after the loop is the same
