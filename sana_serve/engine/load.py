@@ -134,8 +134,10 @@ def resolve_checkpoint(spec: str | os.PathLike) -> Path:
 def load_engine(config: str | os.PathLike | ModelConfig | None = None, checkpoint: str | os.PathLike | None = None,
                 device: str | torch.device | None = None, precision: str = "auto", compile: bool = False,
                 kernels: str = "auto", batch_invariant: bool = True) -> Engine:
-    """`compile=True` runs the chunk forward through torch.compile: fused element-wise kernels, less
-    per-op overhead (it pays for long videos and servers; it costs ~40 s per chunk shape up front).
+    """`compile=True` compiles the transformer blocks (SanaVideoTransformer.compile_blocks): fused
+    element-wise kernels, less per-op overhead, a bounded number of graphs whatever the request mix.
+
+    precision: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16" or "nvfp4" (see weights_dtype).
 
     kernels: "auto" (Triton on CUDA, PyTorch on CPU), "triton" or "torch" for the chunk path's linear
     attention and the NVFP4 layers (engine.quantize.set_kernels).
