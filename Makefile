@@ -12,7 +12,7 @@ OUT ?= out.mp4
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv install install-dev serve generate test test-fast bench constraints
+.PHONY: venv install install-dev serve generate test test-fast bench constraints gpu-wheels gpu-check
 
 $(PYTHON):
 	$(SYSTEM_PYTHON) -m venv $(VENV)
@@ -47,6 +47,21 @@ test-fast: install-dev
 
 bench: install-dev
 	$(PYTHON) bench/engine.py
+
+# The prepared GPU check (README "GPU check"). gpu-wheels, here: the cp312 manylinux wheels of the
+# few pure dependencies bench/gpu_check.py needs beyond torch and triton, in case the GPU machine's
+# Python lacks them (it has them when transformers is installed). gpu-check, there, with its own
+# python3 and no network: uses the wheels only if an import is missing.
+GPU_OUT ?= gpu-check-out
+gpu-wheels:
+	$(PYTHON) -m pip download -q --dest gpu-wheels --no-deps --only-binary=:all: --python-version 3.12 \
+		--platform manylinux2014_x86_64 pyyaml tqdm safetensors numpy
+	du -ch gpu-wheels/*.whl | tail -1
+
+gpu-check:
+	python3 -c "import yaml, tqdm, safetensors, numpy" 2>/dev/null || \
+		python3 -m pip install -q --no-index --no-deps --target .gpu-site gpu-wheels/*.whl
+	PYTHONPATH=.gpu-site python3 bench/gpu_check.py --out $(GPU_OUT)
 
 # Re-resolve every dependency at its newest release in a scratch venv and rewrite constraints.txt;
 # then run `make test` and commit both if it passes.

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import platform
 import sys
@@ -123,7 +124,7 @@ def prepare(base, weights: str, kernels: str, compile_mode: str | None, device: 
             if isinstance(m, NVFP4Linear):
                 m.backend = "fp4"
     if compile_mode is not None:
-        model.forward_chunk = torch.compile(model.forward_chunk, dynamic=False, mode=compile_mode)
+        model.compile_blocks(compile_mode)  # what `--compile` does (reduce-overhead: CUDA graphs per block)
     return model
 
 
@@ -146,8 +147,12 @@ def measure(engine, blocks: int, device) -> dict:
         engine.step([warm])
     sync(device)
     warmup_s = time.perf_counter() - t
+    del warm  # its state and decoder cache must not count in the timed request's peak
+    gc.collect()
     if device.type == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
     rollout, times, counts, state_bytes = Rollout(engine, request), [], [], 0
     start = time.perf_counter()
     while not rollout.done:
@@ -176,6 +181,7 @@ def measure(engine, blocks: int, device) -> dict:
         "frames_per_s": round(sum(counts[1:]) / steady_s, 2) if steady_s > 0 else None,
         "forward_ms": round((time.perf_counter() - t) / 3 * 1000, 2),
         "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "peak_request_bytes": torch.cuda.max_memory_allocated(device) - resident if device.type == "cuda" else None,
         "state_bytes": state_bytes,  # the transformer's stream state (linear-attention sums + conv tails)
         "vae_cache_bytes": rollout.decoder.nbytes,  # the Wan decoder's causal cache, also per request
         "blocks": len(times), "frames": sum(counts),
@@ -202,6 +208,24 @@ def main(argv=None) -> int:
     text = RandomPrompt(base.config["caption_channels"], cfg.text_max_length, device)
     wanted = None if args.variants is None else set(args.variants.split(","))
     rows = []
+
+    def result() -> dict:
+        return {
+            "what": "LongSANA 2B at 480p (random weights)" if not args.tiny else "tiny random model (--tiny)",
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__, "size": f"{width}x{height}", "chunk_frames": cfg.sampling.chunk_frames,
+            "steps": cfg.sampling.timesteps, "total_s": round(time.perf_counter() - t0, 1), "variants": rows,
+        }
+
+    def report(row: dict) -> None:
+        """Each variant's row as soon as it is measured: stdout and the JSON file (a call cut off
+        by its time limit keeps everything measured before it)."""
+        rows.append(row)
+        print(format_table({**result(), "variants": [row]}).splitlines()[-1], flush=True)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result(), indent=2))
+
+    print(format_table({**result(), "variants": []}), flush=True)  # the header first
     for name, weights, kernels, compile_mode in VARIANTS:
         if wanted is not None and name not in wanted:
             continue
@@ -211,32 +235,26 @@ def main(argv=None) -> int:
         if why is None and time.perf_counter() - t0 > args.budget_s:
             why = f"skipped: time budget of {args.budget_s:.0f} s spent"
         if why is not None:
-            rows.append({**row, "status": why})
+            report({**row, "status": why})
             continue
         try:
             model = prepare(base, weights, kernels, compile_mode, device)
             engine = Engine(model, vae, text, cfg, device)
-            rows.append({**row, "status": "ok", **measure(engine, blocks, device)})
+            report({**row, "status": "ok", **measure(engine, blocks, device)})
         except Exception as e:  # noqa: BLE001 - one failing path must not hide the others' numbers
-            rows.append({**row, "status": f"failed: {type(e).__name__}: {str(e)[:200]}"})
+            report({**row, "status": f"failed: {type(e).__name__}: {str(e)[:200]}"})
         finally:
-            base.__dict__.pop("forward_chunk", None)  # drop a compiled forward: the next variant starts eager
+            base.compile_blocks(None)  # drop compiled blocks: the next variant starts eager
+            engine = model = None
+            gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    result = {
-        "what": "LongSANA 2B at 480p (random weights)" if not args.tiny else "tiny random model (--tiny)",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "size": f"{width}x{height}", "chunk_frames": cfg.sampling.chunk_frames,
-        "steps": cfg.sampling.timesteps, "total_s": round(time.perf_counter() - t0, 1), "variants": rows,
-    }
-    print(format_table(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
+    print(format_table(result()))
     return 0
 
 
 def format_table(result: dict) -> str:
-    head = ["variant", "weights", "first block s", "blocks/s", "frames/s", "forward ms", "peak GPU GB", "state MB",
+    head = ["variant", "weights", "first block s", "blocks/s", "frames/s", "forward ms", "peak GPU GB", "request peak GB", "state MB",
             "VAE cache MB", "status"]
     lines = [f"{result['what']} on {result['device']}, {result['size']}, chunks of {result['chunk_frames']} "
              f"latent frames, t = {result['steps']} ({result['total_s']} s)",
@@ -246,7 +264,7 @@ def format_table(result: dict) -> str:
             v = r.get(key)
             return "" if v is None else f"{v / scale:.{digits}g}"
         lines.append("| " + " | ".join([r["variant"], r["weights"], f("time_to_first_block_s"), f("blocks_per_s"), f("frames_per_s"),
-                                         f("forward_ms"), f("peak_gpu_bytes", 1e9), f("state_bytes", 1e6),
+                                         f("forward_ms"), f("peak_gpu_bytes", 1e9), f("peak_request_bytes", 1e9), f("state_bytes", 1e6),
                                          f("vae_cache_bytes", 1e6), r["status"]]) + " |")
     return "\n".join(lines)
 

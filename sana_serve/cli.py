@@ -90,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "matching a diffusers --checkpoint)")
     g.add_argument("--checkpoint", help="checkpoint directory (Hugging Face layout) or a Hub repo id, "
                                         "overrides the config's")
-    g.add_argument("--precision", choices=["fp32", "bf16", "nvfp4"], default="fp32",
-                   help="nvfp4: quantize the transformer blocks' weights on load (a quantized --checkpoint stays packed)")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "nvfp4"], default="auto",
+                   help="auto: bf16 on CUDA, fp32 on CPU; nvfp4: quantize the transformer blocks' weights on load "
+                        "(a quantized --checkpoint stays packed), the rest bf16 on CUDA")
     g.add_argument("--kernels", choices=["auto", "triton", "torch"], default="auto",
                    help="linear attention / NVFP4 GEMM kernels: auto = Triton on CUDA, PyTorch on CPU")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -147,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the i-th video of a set uses seed SEED_BASE + i (default 1000, the reported numbers; "
                         "tune settings on other seeds)")
     e.add_argument("--device")
-    e.add_argument("--precision", choices=["fp32", "bf16", "nvfp4"], default="fp32",
+    e.add_argument("--precision", choices=["auto", "fp32", "bf16", "nvfp4"], default="auto",
                    help="nvfp4: quantize on load (compare pass rates with fp32)")
     q = sub.add_parser("quantize", help="write an NVFP4 checkpoint (ModelOpt's Hugging Face export layout)")
     q.add_argument("--config", default="shapes-tiny", help="config name in configs/ or a .yaml path")
@@ -256,6 +257,7 @@ def cmd_generate(args) -> int:
     from tqdm import tqdm
 
     from sana_serve.engine import GenerationRequest, load_engine
+    from sana_serve.engine.load import resolve_precision
     from sana_serve.engine.quantize import memory_report
     from sana_serve.engine.video import Mp4Writer
 
@@ -332,7 +334,7 @@ def cmd_generate(args) -> int:
         "realtime_factor": round(seconds / total_s, 4),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "state_bytes": state_bytes,
-        "precision": args.precision,
+        "precision": resolve_precision(args.precision, engine.device),  # "auto" as resolved on this device
         "memory": memory_report(engine.transformer),
     }
     if args.report is not None:

@@ -18,9 +18,34 @@ from sana_serve.engine.rollout import Engine
 
 log = logging.getLogger("sana_serve.engine")
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "nvfp4": torch.float32}
+PRECISIONS = ("auto", "fp32", "bf16", "nvfp4")
+# auto: bf16 on CUDA (the released models' dtype; tensor cores), fp32 on CPU (bf16 matmuls crawl there).
 # nvfp4: the transformer blocks' GEMM weights packed NVFP4 (weight-only, quantized on load unless the
-# checkpoint already is), everything else fp32. A quantized checkpoint keeps its packed layers at any precision.
+# checkpoint already is), everything else in the device's base dtype (bf16 on CUDA, fp32 on CPU).
+# A quantized checkpoint keeps its packed layers at any precision.
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" -> "bf16" on CUDA, "fp32" elsewhere; any other name as it is (checked)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype the transformer's unquantized weights and activations run in."""
+    precision = resolve_precision(precision, device)
+    if precision == "nvfp4":  # the unquantized parts: tensor cores on CUDA, fp32 on CPU
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+# The Wan VAE stays fp32 at every precision: diffusers' SANA-Video / Wan pipelines decode in fp32
+# (their model cards load the VAE with torch_dtype=float32), and bf16 moves decoded pixels by
+# several uint8 levels (bench/vae_precision.py; README "Precision").
+VAE_DTYPE = torch.float32
 
 
 def keep_freed_memory(mmap_threshold_mb: int = 32, trim_threshold_mb: int = 256) -> bool:
@@ -107,10 +132,12 @@ def resolve_checkpoint(spec: str | os.PathLike) -> Path:
 
 
 def load_engine(config: str | os.PathLike | ModelConfig | None = None, checkpoint: str | os.PathLike | None = None,
-                device: str | torch.device | None = None, precision: str = "fp32", compile: bool = False,
+                device: str | torch.device | None = None, precision: str = "auto", compile: bool = False,
                 kernels: str = "auto", batch_invariant: bool = True) -> Engine:
-    """`compile=True` runs the chunk forward through torch.compile: fused element-wise kernels, less
-    per-op overhead (it pays for long videos and servers; it costs ~40 s per chunk shape up front).
+    """`compile=True` compiles the transformer blocks (SanaVideoTransformer.compile_blocks): fused
+    element-wise kernels, less per-op overhead, a bounded number of graphs whatever the request mix.
+
+    precision: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16" or "nvfp4" (see weights_dtype).
 
     kernels: "auto" (Triton on CUDA, PyTorch on CPU), "triton" or "torch" for the chunk path's linear
     attention and the NVFP4 layers (engine.quantize.set_kernels).
@@ -123,9 +150,8 @@ def load_engine(config: str | os.PathLike | ModelConfig | None = None, checkpoin
         config = default_config_name(checkpoint)
     root = resolve_checkpoint(checkpoint) if checkpoint is not None else None
     cfg = config if isinstance(config, ModelConfig) else load_config(config)
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = torch.device(device) if device is not None else default_device()
+    precision = resolve_precision(precision, device)
     if device.type == "cpu":
         keep_freed_memory()
     if root is None:
@@ -158,11 +184,13 @@ def load_engine(config: str | os.PathLike | ModelConfig | None = None, checkpoin
     if cfg.video.height % vae.spatial_compression or cfg.video.width % vae.spatial_compression:
         raise ConfigError(f"video size {cfg.video.width}x{cfg.video.height} is not a multiple of the VAE's "
                           f"{vae.spatial_compression}x spatial compression")
-    transformer = transformer.to(device=device, dtype=PRECISIONS[precision])
     from sana_serve.engine.quantize import memory_report, quantize_transformer, set_kernels
 
     if precision == "nvfp4" and not any(isinstance(m, NVFP4Linear) for m in transformer.modules()):
-        quantize_transformer(transformer)  # weight-only, bit-exact with ModelOpt's NVFP4QTensor
+        # weight-only, from the checkpoint's own weights (before any cast), packed by kernels.nvfp4,
+        # which is bit-exact with ModelOpt's NVFP4QTensor: serving needs no ModelOpt
+        quantize_transformer(transformer, method="kernels", progress=False)
+    transformer = transformer.to(device=device, dtype=weights_dtype(precision, device))
     attention = set_kernels(transformer, kernels, device)
     mem = memory_report(transformer)
     if mem["nvfp4_layers"]:
@@ -171,10 +199,11 @@ def load_engine(config: str | os.PathLike | ModelConfig | None = None, checkpoin
                  mem["nvfp4_vs_bf16"], mem["bits_per_weight"])
     log.debug("chunk linear attention kernels: %s", attention)
     if compile:
-        transformer.forward_chunk = torch.compile(transformer.forward_chunk, dynamic=False)
+        transformer.compile_blocks()
+        torch._logging.set_logs(recompiles=True)  # each recompilation says why, in the log
     scheduler = None
     if cfg.sampling.mode == "full_sequence" and root is not None and (root / "scheduler").is_dir():
         from sana_serve.engine.scheduler import load_scheduler
 
         scheduler = load_scheduler(root)  # the checkpoint's own (DPM-Solver++ with flow sigmas for SANA-Video)
-    return Engine(transformer, vae.to(device), text, cfg, device, scheduler=scheduler, batch_invariant=batch_invariant)
+    return Engine(transformer, vae.to(device=device, dtype=VAE_DTYPE), text, cfg, device, scheduler=scheduler, batch_invariant=batch_invariant)

@@ -215,6 +215,12 @@ def _pack_modelopt(linear: nn.Linear) -> "NVFP4Linear":
 
 # ---- quantize ------------------------------------------------------------------------------
 
+def modelopt_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("modelopt") is not None
+
+
 def quantize_transformer(model: nn.Module, exclude_blocks: set[int] = frozenset(),
                          calibrate: Callable[[nn.Module], None] | None = None, method: str = "auto",
                          progress: bool = False) -> dict:
@@ -222,14 +228,19 @@ def quantize_transformer(model: nn.Module, exclude_blocks: set[int] = frozenset(
 
     calibrate(model) runs sample prompts through `model`; with it, activations get ModelOpt's
     `input_scale` (quant_algo NVFP4), without it the result is weight-only (W4A16_NVFP4).
-    method: "auto" (ModelOpt on CUDA, kernels.nvfp4 on CPU), "modelopt" or "kernels".
+    method: "auto" (ModelOpt on CUDA where it is installed, else kernels.nvfp4), "modelopt" or
+    "kernels". The packed weights are the same bits either way; ModelOpt (the `nvfp4` extra) is
+    only ever needed to calibrate with ModelOpt itself, never to serve.
     Returns the hf_quant_config dict.
     """
     if method not in ("auto", "modelopt", "kernels"):
         raise QuantizationError(f"method must be auto, modelopt or kernels, got {method!r}")
     device = model.proj_out.weight.device
     if method == "auto":
-        method = "modelopt" if device.type == "cuda" else "kernels"
+        method = "modelopt" if device.type == "cuda" and modelopt_installed() else "kernels"
+    if method == "modelopt" and not modelopt_installed():
+        raise QuantizationError("method 'modelopt' needs NVIDIA ModelOpt: pip install 'sana-serve[nvfp4]' "
+                                "(or use method 'kernels': the same packed bits, no ModelOpt)")
     names = quantizable_layers(model, exclude_blocks)
     if not names:
         raise QuantizationError("nothing to quantize: every block is excluded")
@@ -433,6 +444,7 @@ def set_kernels(model: nn.Module, kernels: str, device: torch.device) -> str:
     for m in model.modules():
         if isinstance(m, LinearSelfAttention):
             m.kernels = attention
+            m.kernels_fallback = kernels == "auto"  # chosen for the user: fall back (logged) if Triton fails
         elif isinstance(m, NVFP4Linear):
             m.backend = kernels  # "auto": FP4 tensor cores on Blackwell, Triton on CUDA, torch on CPU
     return attention

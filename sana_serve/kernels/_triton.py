@@ -8,6 +8,9 @@ function when triton is missing so that the PyTorch references still import and 
 """
 from __future__ import annotations
 
+import logging
+import os
+
 import torch
 
 try:  # Triton is optional: the PyTorch references work without it
@@ -17,7 +20,10 @@ except ImportError:  # pragma: no cover - exercised only where triton is missing
     triton = None
     tl = None
 
-__all__ = ["triton", "tl", "jit", "triton_available", "is_interpreted", "check_triton_device", "cdiv", "next_pow2"]
+__all__ = ["triton", "tl", "jit", "jitted", "autotune", "triton_available", "interpreter_requested", "is_interpreted",
+           "check_triton_device", "cdiv", "next_pow2", "KernelFallback"]
+
+log = logging.getLogger("sana_serve.kernels")
 
 
 def triton_available() -> bool:
@@ -29,9 +35,53 @@ def jit(fn):
     return triton.jit(fn) if triton is not None else fn
 
 
+def interpreter_requested() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def autotune(configs: list, key: list[str], interpreter_config):
+    """`triton.autotune` over `configs` keyed on `key`; under the interpreter, the one config
+    `interpreter_config` (benchmarking needs a GPU, and one config is never benchmarked).
+    Both are callables returning a list of `triton.Config` (or one), so nothing is built without triton."""
+    def wrap(fn):
+        if triton is None:
+            return fn
+        chosen = [interpreter_config()] if interpreter_requested() else configs()
+        return triton.autotune(configs=chosen, key=key)(fn)
+    return wrap
+
+
+def jitted(kernel):
+    """The plain jitted function under an autotuned kernel (to launch it with explicit block sizes)."""
+    return kernel.fn if type(kernel).__name__ == "Autotuner" else kernel
+
+
 def is_interpreted(kernel) -> bool:
     """True when `kernel` runs in Triton's CPU interpreter (TRITON_INTERPRET=1 at triton's import)."""
-    return type(kernel).__name__ == "InterpretedFunction"
+    return type(jitted(kernel)).__name__ == "InterpretedFunction"
+
+
+class KernelFallback:
+    """Remembers, per process, that a Triton kernel failed to compile or launch, and says so once.
+
+    A GPU whose Triton/driver combination cannot build a kernel should still serve (through the
+    PyTorch reference) rather than fail every request; the error is logged once, loudly, with the
+    exception, so the slowdown is never silent.
+    """
+
+    def __init__(self, name: str, fallback: str):
+        self.name, self.fallback = name, fallback
+        self.error: BaseException | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def record(self, err: BaseException) -> None:
+        if self.error is None:
+            log.error("Triton kernel %s failed (%s: %s); using %s for the rest of this process",
+                      self.name, type(err).__name__, err, self.fallback)
+        self.error = err
 
 
 def check_triton_device(kernel, *tensors: torch.Tensor) -> None:

@@ -24,13 +24,15 @@ few to fill a GPU; splitting the token axis keeps hundreds to thousands of progr
 Interleaved RoPE pairs never need shuffling: even and odd features are loaded as separate
 (·, D/2) tiles, the state is split into its even and odd d_k columns, and the matmuls are summed.
 Head dims that are not a power of two (112 in the released model) are padded with masks.
+Inputs are read in their own dtype and computed in fp32; tiles are autotuned (see below).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from sana_serve.kernels._triton import cdiv, check_triton_device, jit, next_pow2, tl, triton_available
+from sana_serve.kernels._triton import (KernelFallback, autotune, cdiv, check_triton_device, jit, jitted, next_pow2,
+                                        tl, triton, triton_available)
 
 __all__ = [
     "apply_rope_interleaved",
@@ -91,8 +93,29 @@ def chunk_linear_attention_reference(q, k, v, cos, sin, vk=None, k_sum=None):
 
 # --------------------------------------------------------------------------------------------
 # Triton kernels
+#
+# Inputs come in the model's dtype (fp32, bf16 or fp16) and are upcast in registers: no extra pass
+# over q, k, v. ReLU, RoPE, the state and every accumulator are fp32. The dots' input precision:
+# "ieee" for fp32 inputs (an fp32 model asks for fp32 results), "tf32" for 16-bit inputs on a GPU
+# (their RoPE-rotated operands are fp32 values; tf32 keeps 10 mantissa bits, more than the 7 or 10
+# the inputs carried, and runs on tensor cores). Tile sizes are autotuned per (N, D) on a GPU; the
+# interpreter runs one fixed config (benchmarking needs a GPU).
 
 
+def _state_configs():
+    return [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=st)
+            for n in (32, 64, 128) for w in (4, 8) for st in (2, 3)]
+
+
+def _output_configs():
+    return [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=2) for n in (16, 32, 64, 128) for w in (4, 8)]
+
+
+def _interpreter_config():
+    return triton.Config({"BLOCK_N": 64}, num_warps=4)
+
+
+@autotune(_state_configs, key=["N", "D"], interpreter_config=_interpreter_config)
 @jit
 def _state_kernel(
     k_ptr, v_ptr, cos_ptr, sin_ptr, vk_part_ptr, ks_part_ptr,
@@ -117,18 +140,20 @@ def _state_kernel(
     ks_even = tl.zeros((BLOCK_P,), dtype=tl.float32)
     ks_odd = tl.zeros((BLOCK_P,), dtype=tl.float32)
     start = pid_s * split_tokens
+    end = tl.minimum(start + split_tokens, N)  # the slice need not be a multiple of the tile
     for i in range(0, split_tokens, BLOCK_N):
         offs_n = start + i + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
+        mask_n = offs_n < end
         mask_np = mask_n[:, None] & mask_p[None, :]
         k_rows = k_base + offs_n[:, None] * skn + 2 * offs_p[None, :]
-        k_even = tl.maximum(tl.load(k_rows, mask=mask_np, other=0.0), 0.0)
-        k_odd = tl.maximum(tl.load(k_rows + 1, mask=mask_np, other=0.0), 0.0)
+        k_even = tl.maximum(tl.load(k_rows, mask=mask_np, other=0.0).to(tl.float32), 0.0)
+        k_odd = tl.maximum(tl.load(k_rows + 1, mask=mask_np, other=0.0).to(tl.float32), 0.0)
         c = tl.load(cos_ptr + offs_n[:, None] * P + offs_p[None, :], mask=mask_np, other=0.0)
         s = tl.load(sin_ptr + offs_n[:, None] * P + offs_p[None, :], mask=mask_np, other=0.0)
         kr_even = k_even * c - k_odd * s
         kr_odd = k_even * s + k_odd * c
-        v = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :],
+                    other=0.0).to(tl.float32)
         vt = tl.trans(v)  # (BLOCK_D, BLOCK_N)
         acc_even += tl.dot(vt, kr_even, input_precision=PRECISION)
         acc_odd += tl.dot(vt, kr_odd, input_precision=PRECISION)
@@ -145,6 +170,7 @@ def _state_kernel(
     tl.store(ks_out + 1, ks_odd, mask=mask_p)
 
 
+@autotune(_output_configs, key=["N", "D"], interpreter_config=_interpreter_config)
 @jit
 def _output_kernel(
     q_ptr, cos_ptr, sin_ptr, vk_ptr, ks_ptr, out_ptr,
@@ -174,8 +200,8 @@ def _output_kernel(
     mask_n = offs_n < N
     mask_np = mask_n[:, None] & mask_p[None, :]
     q_rows = q_ptr + b * sqb + h * sqh + offs_n[:, None] * sqn + 2 * offs_p[None, :]
-    q_even = tl.maximum(tl.load(q_rows, mask=mask_np, other=0.0), 0.0)
-    q_odd = tl.maximum(tl.load(q_rows + 1, mask=mask_np, other=0.0), 0.0)
+    q_even = tl.maximum(tl.load(q_rows, mask=mask_np, other=0.0).to(tl.float32), 0.0)
+    q_odd = tl.maximum(tl.load(q_rows + 1, mask=mask_np, other=0.0).to(tl.float32), 0.0)
     c = tl.load(cos_ptr + offs_n[:, None] * P + offs_p[None, :], mask=mask_np, other=0.0)
     s = tl.load(sin_ptr + offs_n[:, None] * P + offs_p[None, :], mask=mask_np, other=0.0)
     qr_even = q_even * c - q_odd * s
@@ -189,54 +215,74 @@ def _output_kernel(
     tl.store(out_rows, out, mask=mask_n[:, None] & mask_d[None, :])
 
 
-def _as_fp32_rows(x: torch.Tensor) -> torch.Tensor:
-    """fp32 with unit stride on the feature axis (other strides are passed to the kernel)."""
-    x = x.float()
+INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+STATE_TILE = 128  # the largest autotuned BLOCK_N: state slices are whole multiples of it
+
+
+def _unit_feature_stride(x: torch.Tensor) -> torch.Tensor:
+    """x in its own dtype (upcast happens in the kernel), unit stride on the feature axis (other
+    strides are passed to the kernel, so views into a packed projection need no copy)."""
+    if x.dtype not in INPUT_DTYPES:
+        raise ValueError(f"q, k, v must be fp32, bf16 or fp16, got {x.dtype}")
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _default_split_tokens(N: int, BH: int, block_n: int, device: torch.device) -> int:
+def _default_split_tokens(N: int, BH: int, device: torch.device) -> int:
     """Tokens per state-pass program: enough programs to fill the GPU, at least one tile each."""
-    tiles = cdiv(N, block_n)
+    tiles = cdiv(N, STATE_TILE)
     if device.type == "cuda":
         target_programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count
     else:  # the interpreter: few, large programs are fastest
         target_programs = 1
     splits = max(1, min(tiles, cdiv(target_programs, BH)))
-    return cdiv(tiles, splits) * block_n
+    return cdiv(tiles, splits) * STATE_TILE
+
+
+def _default_precision(dtype: torch.dtype, device: torch.device) -> str:
+    return "tf32" if device.type == "cuda" and dtype != torch.float32 else "ieee"
 
 
 def chunk_linear_attention_triton(q, k, v, cos, sin, vk=None, k_sum=None, *, split_tokens: int | None = None,
-                                  block_n: int = 32, precision: str = "ieee", num_warps: int = 8):
+                                  block_n: int | None = None, precision: str | None = None, num_warps: int = 4):
     """Triton version of `chunk_linear_attention_reference` (same arguments and results).
 
-    split_tokens: tokens per program of the state pass (a multiple of block_n; default: enough
-    programs to fill the GPU). precision: tl.dot input precision for fp32 ("ieee", or "tf32" for
-    speed on GPU at ~1e-3 relative error).
+    q, k, v: fp32, bf16 or fp16 (read as they are, computed in fp32). split_tokens: tokens per
+    program of the state pass (default: enough programs to fill the GPU). block_n: None autotunes
+    the token tiles of both passes (one fixed config under the interpreter); a power of two fixes
+    them (with num_warps), for tests. precision: tl.dot input precision, default "ieee" for fp32
+    inputs and "tf32" for 16-bit inputs on CUDA (see above).
     """
     _check_inputs(q, k, v, cos, sin, vk, k_sum)
     check_triton_device(_state_kernel, q, k, v, cos, sin)
     B, N, H, D = q.shape
     P, BH = D // 2, B * H
     device = q.device
-    q, k, v = _as_fp32_rows(q), _as_fp32_rows(k), _as_fp32_rows(v)
+    if precision is None:
+        precision = _default_precision(q.dtype, device)
+    q, k, v = _unit_feature_stride(q), _unit_feature_stride(k), _unit_feature_stride(v)
     cos, sin = cos.float().contiguous(), sin.float().contiguous()
-    block_n = next_pow2(block_n)
     BLOCK_D, BLOCK_P = next_pow2(D), next_pow2(P)
     if split_tokens is None:
-        split_tokens = _default_split_tokens(N, BH, block_n, device)
-    if split_tokens <= 0 or split_tokens % block_n:
-        raise ValueError(f"split_tokens must be a positive multiple of block_n={block_n}, got {split_tokens}")
+        split_tokens = _default_split_tokens(N, BH, device)
+    if split_tokens <= 0:
+        raise ValueError(f"split_tokens must be positive, got {split_tokens}")
     splits = max(1, cdiv(N, split_tokens))
+    if block_n is None:  # autotuned
+        state_kernel, output_kernel, state_tiles, output_tiles = _state_kernel, _output_kernel, {}, {}
+    else:
+        block_n = next_pow2(block_n)
+        state_kernel, output_kernel = jitted(_state_kernel), jitted(_output_kernel)
+        state_tiles = {"BLOCK_N": block_n, "num_warps": num_warps}
+        output_tiles = {"BLOCK_N": max(16, min(64, next_pow2(N))), "num_warps": num_warps}
 
     vk_part = torch.empty(splits, B, H, D, D, dtype=torch.float32, device=device)
     ks_part = torch.empty(splits, B, H, D, dtype=torch.float32, device=device)
     if N > 0:
-        _state_kernel[(BH, splits)](
+        state_kernel[(BH, splits)](
             k, v, cos, sin, vk_part, ks_part,
             N, H, BH, D, P, split_tokens,
             k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-            BLOCK_N=block_n, BLOCK_D=BLOCK_D, BLOCK_P=BLOCK_P, PRECISION=precision, num_warps=num_warps,
+            BLOCK_D=BLOCK_D, BLOCK_P=BLOCK_P, PRECISION=precision, **state_tiles,
         )
     else:
         vk_part.zero_()
@@ -251,25 +297,36 @@ def chunk_linear_attention_triton(q, k, v, cos, sin, vk=None, k_sum=None, *, spl
 
     out = torch.empty(B, N, H, D, dtype=torch.float32, device=device)
     if N > 0:
-        block_out = max(16, min(64, next_pow2(N)))
-        _output_kernel[(cdiv(N, block_out), BH)](
+        grid = (lambda meta: (cdiv(N, meta["BLOCK_N"]), BH)) if block_n is None else (cdiv(N, output_tiles["BLOCK_N"]), BH)
+        output_kernel[grid](
             q, cos, sin, vk_all, k_sum_all, out,
             N, H, D, P,
             q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            BLOCK_N=block_out, BLOCK_D=BLOCK_D, BLOCK_P=BLOCK_P, PRECISION=precision, num_warps=num_warps,
+            BLOCK_D=BLOCK_D, BLOCK_P=BLOCK_P, PRECISION=precision, **output_tiles,
         )
     return out, vk_c, k_sum_c
+
+
+TRITON_FALLBACK = KernelFallback("linear attention", "the PyTorch path")
 
 
 def chunk_linear_attention(q, k, v, cos, sin, vk=None, k_sum=None, backend: str = "auto"):
     """Chunk linear attention with carried state; see the module docstring for the math.
 
-    backend: "auto" (Triton for CUDA tensors when triton is installed, PyTorch otherwise),
-    "triton" (CUDA, or CPU under TRITON_INTERPRET=1), or "torch".
+    backend: "auto" (Triton for CUDA tensors when triton is installed, PyTorch otherwise; if the
+    Triton kernel fails to compile or launch, it says so once and uses PyTorch from then on),
+    "triton" (CUDA, or CPU under TRITON_INTERPRET=1; errors propagate), or "torch".
     Returns (out (B, N, H, D) fp32, vk_c (B, H, D, D), k_sum_c (B, H, D)).
     """
     if backend == "auto":
-        backend = "triton" if (q.is_cuda and triton_available()) else "torch"
+        if not (q.is_cuda and triton_available()) or TRITON_FALLBACK.failed:
+            return chunk_linear_attention_reference(q, k, v, cos, sin, vk, k_sum)
+        _check_inputs(q, k, v, cos, sin, vk, k_sum)  # the caller's mistakes are errors, not fallbacks
+        try:
+            return chunk_linear_attention_triton(q, k, v, cos, sin, vk, k_sum)
+        except Exception as err:  # noqa: BLE001 - compile/launch failures: Triton raises many types
+            TRITON_FALLBACK.record(err)
+            return chunk_linear_attention_reference(q, k, v, cos, sin, vk, k_sum)
     if backend == "torch":
         return chunk_linear_attention_reference(q, k, v, cos, sin, vk, k_sum)
     if backend == "triton":

@@ -112,10 +112,13 @@ def _round_to_e2m1_codes(scaled: torch.Tensor) -> torch.Tensor:
     return (sign << 3) | index.to(torch.uint8)
 
 
-def quantize_nvfp4(w: torch.Tensor, block: int = 16) -> NVFP4Weight:
+def quantize_nvfp4(w: torch.Tensor, block: int = 16, check_finite: bool = True) -> NVFP4Weight:
     """Quantize a 2-D weight [out, in] to NVFP4, bit-exact with ModelOpt's NVFP4QTensor.quantize(w, block).
 
     Any float dtype is accepted; values are taken to fp32 first (exact for fp16/bf16/fp32).
+    check_finite: raise on NaN/Inf (weights). Activations quantized per call pass False: nothing
+    then waits on the device (no data-dependent branch or mask index), and a NaN propagates to the
+    output as it would through an unquantized layer.
     """
     if w.ndim != 2:
         raise ValueError(f"quantize_nvfp4 expects a 2-D [out, in] weight, got shape {tuple(w.shape)}")
@@ -126,7 +129,7 @@ def quantize_nvfp4(w: torch.Tensor, block: int = 16) -> NVFP4Weight:
     if w.numel() == 0:
         raise ValueError(f"cannot quantize an empty weight of shape {tuple(w.shape)}")
     w = w.detach().float().contiguous()
-    if not torch.isfinite(w).all():
+    if check_finite and not torch.isfinite(w).all():
         raise ValueError("quantize_nvfp4: weight has NaN or Inf values")
 
     out_features, in_features = w.shape
@@ -134,20 +137,17 @@ def quantize_nvfp4(w: torch.Tensor, block: int = 16) -> NVFP4Weight:
     if pad:  # ModelOpt zero-pads the last dim to a multiple of the block (zeros do not change amax)
         w = F.pad(w, (0, pad))
 
+    # All-zero tensors (global scale 0, see the module docstring) are handled with torch.where,
+    # not Python branches, so that this never synchronises with the device.
     global_scale = w.abs().amax() / (E2M1_MAX * E4M3_MAX)
+    nonzero = global_scale > 0
     blocks = w.view(out_features, -1, block)
     block_amax = blocks.abs().amax(dim=-1)
-    if global_scale > 0:
-        block_scale = block_amax / (E2M1_MAX * global_scale)
-    else:  # all-zero weight (see the module docstring): every block is a zero block
-        block_scale = torch.zeros_like(block_amax)
-    block_scale[block_scale == 0] = 1.0
+    block_scale = torch.where(nonzero, block_amax / (E2M1_MAX * global_scale), 0.0)
+    block_scale = torch.where(block_scale == 0, 1.0, block_scale)
     scales = block_scale.clamp(min=E4M3_MIN_SCALE, max=E4M3_MAX).to(torch.float8_e4m3fn)
 
-    if global_scale > 0:
-        scaled = blocks / (scales.float() * global_scale).unsqueeze(-1)
-    else:
-        scaled = torch.zeros_like(blocks)
+    scaled = torch.where(nonzero, blocks / (scales.float() * global_scale).unsqueeze(-1), 0.0)
     codes = _round_to_e2m1_codes(scaled).view(out_features, -1)
     packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
     return NVFP4Weight(packed.contiguous(), scales, global_scale.to(torch.float32), (out_features, in_features), block)

@@ -13,15 +13,15 @@
   GPU; it is written from PyTorch's own `_scaled_mm` checks and tests and is guarded by a
   capability check. It differs numerically from the weight-only paths (activations are 4-bit).
 - `nvfp4_linear`: picks one. backend "auto": FP4 tensor cores on Blackwell, Triton on other
-  CUDA devices, the PyTorch reference on CPU; "fp4" | "triton" | "torch" force one.
+  CUDA devices, the PyTorch reference on CPU, each falling back to the next (logged once) if it
+  fails; "fp4" | "triton" | "torch" force one.
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 
-from sana_serve.kernels._triton import cdiv, check_triton_device, jit, tl, triton_available
+from sana_serve.kernels._triton import (KernelFallback, autotune, cdiv, check_triton_device, jit, jitted, tl, triton,
+                                        triton_available)
 from sana_serve.kernels.nvfp4 import NVFP4Weight, nvfp4_linear_reference, quantize_nvfp4
 
 __all__ = [
@@ -34,6 +34,20 @@ __all__ = [
 ]
 
 
+def _gemm_configs():
+    # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): small-M tiles for the text side and small batches,
+    # large ones for the video tokens (thousands of rows per request)
+    shapes = [(16, 64, 64, 4, 3), (32, 64, 64, 4, 3), (64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3),
+              (128, 128, 64, 8, 3), (128, 128, 128, 8, 2), (64, 256, 64, 8, 3), (128, 256, 64, 8, 3)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
+            for m, n, k, w, st in shapes]
+
+
+def _interpreter_config():
+    return triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4)
+
+
+@autotune(_gemm_configs, key=["M", "N", "K", "X_FP32"], interpreter_config=_interpreter_config)
 @jit
 def _nvfp4_gemm_kernel(
     x_ptr, packed_ptr, scales_ptr, gscale_ptr, bias_ptr, out_ptr,
@@ -102,14 +116,24 @@ def _check_linear(x: torch.Tensor, q: NVFP4Weight, bias: torch.Tensor | None) ->
 
 
 def nvfp4_linear_triton(x: torch.Tensor, q: NVFP4Weight, bias: torch.Tensor | None = None, *,
-                        block_m: int = 32, block_n: int = 64, block_k: int = 64, num_warps: int = 4) -> torch.Tensor:
-    """Weight-only NVFP4 GEMM in Triton: x (..., in) fp32/bf16/fp16 -> (..., out) in x's dtype."""
+                        block_m: int | None = None, block_n: int = 64, block_k: int = 64, num_warps: int = 4) -> torch.Tensor:
+    """Weight-only NVFP4 GEMM in Triton: x (..., in) fp32/bf16/fp16 -> (..., out) in x's dtype.
+
+    block_m None: tiles autotuned per (M, N, K) (one fixed config under the interpreter); given,
+    block_m/block_n/block_k/num_warps fix them (tests)."""
     _check_linear(x, q, bias)
     check_triton_device(_nvfp4_gemm_kernel, x, q.packed)
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"x must be fp32, bf16 or fp16, got {x.dtype}")
-    if any(b & (b - 1) for b in (block_m, block_n, block_k)) or min(block_m, block_n) < 16 or block_k < 32:
-        raise ValueError("block sizes must be powers of two, block_m and block_n >= 16, block_k >= 32")
+    if block_m is None:
+        kernel, tiles = _nvfp4_gemm_kernel, {}
+        grid = lambda meta: (cdiv(M, meta["BLOCK_M"]), cdiv(N, meta["BLOCK_N"]))  # noqa: E731
+    else:
+        if any(b & (b - 1) for b in (block_m, block_n, block_k)) or min(block_m, block_n) < 16 or block_k < 32:
+            raise ValueError("block sizes must be powers of two, block_m and block_n >= 16, block_k >= 32")
+        kernel = jitted(_nvfp4_gemm_kernel)
+        tiles = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": num_warps}
+        grid = lambda meta: (cdiv(M, block_m), cdiv(N, block_n))  # noqa: E731
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     M, K = x2.shape
@@ -120,12 +144,11 @@ def nvfp4_linear_triton(x: torch.Tensor, q: NVFP4Weight, bias: torch.Tensor | No
     packed, scales = q.packed.contiguous(), q.scales.contiguous().view(torch.uint8)
     gscale = q.global_scale.reshape(1).to(device=x.device, dtype=torch.float32)
     bias_arg = bias.contiguous() if bias is not None else gscale  # a dummy pointer when there is no bias
-    _nvfp4_gemm_kernel[(cdiv(M, block_m), cdiv(N, block_n))](
+    kernel[grid](
         x2, packed, scales, gscale, bias_arg, out,
         M, N, K, packed.stride(0), scales.stride(0),
         x2.stride(0), x2.stride(1), out.stride(0), out.stride(1),
-        GROUP=q.block_size, HAS_BIAS=bias is not None, X_FP32=x.dtype == torch.float32,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
+        GROUP=q.block_size, HAS_BIAS=bias is not None, X_FP32=x.dtype == torch.float32, **tiles,
     )
     return out.view(*lead, N)
 
@@ -184,7 +207,9 @@ def nvfp4_linear_fp4(x: torch.Tensor, q: NVFP4Weight, bias: torch.Tensor | None 
         raise ValueError(f"FP4 GEMM needs padded in-features % 32 == 0 and out-features % 16 == 0, got {q.shape}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    xq = quantize_nvfp4(x2, 16)  # pads in-features to q's padded width (both are multiples of 16)
+    # pads in-features to q's padded width (both are multiples of 16); no finiteness check, so no
+    # host synchronisation per call (a NaN input gives NaN outputs, as in the other paths)
+    xq = quantize_nvfp4(x2, 16, check_finite=False)
     if xq.padded_in_features != q.padded_in_features:
         raise AssertionError("activation and weight padding disagree")
     a = xq.packed.view(torch.float4_e2m1fn_x2)  # (M, K/2), row-major
@@ -202,24 +227,30 @@ def nvfp4_linear_fp4(x: torch.Tensor, q: NVFP4Weight, bias: torch.Tensor | None 
     return y.to(x.dtype).view(*lead, q.shape[0])
 
 
-_FP4_FAILED = False
+FP4_FALLBACK = KernelFallback("NVFP4 FP4 tensor-core GEMM", "the Triton weight-only GEMM")
+TRITON_FALLBACK = KernelFallback("NVFP4 weight-only GEMM", "the PyTorch reference")
 
 
 def nvfp4_linear(x: torch.Tensor, q: NVFP4Weight, bias: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
     """y = x @ W.T + b for an NVFP4 weight. backend: "auto" | "fp4" | "triton" | "torch".
 
-    "auto" picks FP4 tensor cores on Blackwell (if the first call fails there, it warns once and
-    uses Triton from then on), Triton on other CUDA devices, and the PyTorch reference on CPU.
+    "auto" picks FP4 tensor cores on Blackwell, Triton on other CUDA devices, and the PyTorch
+    reference on CPU; a GPU kernel that fails (compile, launch, or anything it raises) is logged
+    once and the next one down is used from then on. A forced backend lets errors through.
     """
-    global _FP4_FAILED
     if backend == "auto":
-        if x.is_cuda and not _FP4_FAILED and _fp4_shapes_ok(q) and fp4_tensor_cores_available(x.device):
+        _check_linear(x, q, bias)  # the caller's mistakes are errors, not fallbacks
+        if x.is_cuda and not FP4_FALLBACK.failed and _fp4_shapes_ok(q) and fp4_tensor_cores_available(x.device):
             try:
                 return nvfp4_linear_fp4(x, q, bias)
-            except RuntimeError as err:  # untested path: fall back rather than take the server down
-                _FP4_FAILED = True
-                warnings.warn(f"NVFP4 FP4 tensor-core GEMM failed ({err}); using the Triton GEMM instead")
-        backend = "triton" if (x.is_cuda and triton_available()) else "torch"
+            except Exception as err:  # noqa: BLE001 - untested path: fall back rather than take the server down
+                FP4_FALLBACK.record(err)
+        if x.is_cuda and triton_available() and not TRITON_FALLBACK.failed:
+            try:
+                return nvfp4_linear_triton(x, q, bias)
+            except Exception as err:  # noqa: BLE001 - Triton raises many types when it cannot build or launch
+                TRITON_FALLBACK.record(err)
+        return nvfp4_linear_reference(x, q, bias)
     if backend == "torch":
         return nvfp4_linear_reference(x, q, bias)
     if backend == "triton":

@@ -39,7 +39,7 @@ class ServerSettings:
     torch_threads: int | None = None  # None: all cores
     device: str | None = None  # None: cuda if available, else cpu
     checkpoint: str | None = None  # overrides the model config's checkpoint directory
-    precision: str = "fp32"  # fp32 | bf16 | nvfp4 (quantize on load; a quantized checkpoint stays packed)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | nvfp4 (quantize on load)
     kernels: str = "auto"  # auto (Triton on CUDA, PyTorch on CPU) | triton | torch
     compile: bool = False  # torch.compile the chunk forward: faster once warm, ~1 min per new batch shape
     # A job's frames do not depend on what it is batched with (or on which worker resumes it):
@@ -120,8 +120,8 @@ def add_serve_arguments(p) -> None:
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "nvfp4"], default=d.precision,
-                   help="weights: fp32, bf16, or nvfp4 (quantized on load)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "nvfp4"], default=d.precision,
+                   help="weights: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, or nvfp4 (quantized on load)")
     p.add_argument("--kernels", choices=["auto", "triton", "torch"], default=d.kernels,
                    help="auto: Triton on CUDA, PyTorch on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the chunk forward (warm-up per batch shape)")

@@ -76,7 +76,7 @@ def test_compose_config_and_schema_for_each_profile(profile, service, image, fla
     assert {"data", "checkpoint", "hf-cache"} <= set(config["volumes"])
     if flavour == "cuda":
         assert s["command"][s["command"].index("--device") + 1] == "cuda"
-        assert s["command"][s["command"].index("--precision") + 1] == "fp32"
+        assert s["command"][s["command"].index("--precision") + 1] == "auto"  # bf16 on the GPU
         reservation = s["deploy"]["resources"]["reservations"]["devices"][0]
         assert reservation["driver"] == "nvidia" and reservation["capabilities"] == ["gpu"]
     else:

@@ -67,6 +67,30 @@ def test_chunk_linear_attention_matches_reference(B, N, H, D, split_tokens, bloc
         assert_rel_close(actual, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("state", [True, False])
+def test_chunk_linear_attention_reads_16_bit_inputs_as_they_are(dtype, state):
+    """bf16/fp16 q, k, v go into the kernel without an upcast pass; it computes in fp32, so it
+    equals the reference (which upcasts first) on the same 16-bit values. The released head dim,
+    autotuned tiles (the interpreter's one config)."""
+    q, k, v, cos, sin, vk, ks = attention_inputs(1, 75, 3, 112, seed=21, state=state)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    got = chunk_linear_attention_triton(q, k, v, cos, sin, vk, ks)
+    want = chunk_linear_attention_reference(q, k, v, cos, sin, vk, ks)
+    for actual, expected in zip(got, want):
+        assert_rel_close(actual, expected)
+
+
+def test_chunk_linear_attention_state_slices_need_not_be_whole_tiles():
+    """split_tokens that is not a multiple of the token tile: each slice masks its own end."""
+    inputs = attention_inputs(1, 70, 2, 16, seed=5)
+    want = chunk_linear_attention_reference(*inputs)
+    for split in (20, 7, 70):
+        got = chunk_linear_attention_triton(*inputs, split_tokens=split, block_n=16)
+        for actual, expected in zip(got, want):
+            assert_rel_close(actual, expected)
+
+
 def test_chunk_linear_attention_strided_inputs_and_backend_flag():
     """q, k, v as views into one packed projection (non-contiguous), chosen via backend='triton'."""
     g = torch.Generator().manual_seed(3)
@@ -108,3 +132,18 @@ def test_nvfp4_gemm_small_tiles_and_backend_flag():
     expected = nvfp4_linear_reference(x, q, bias)
     assert_rel_close(nvfp4_linear_triton(x, q, bias, block_m=16, block_n=16, block_k=32), expected)
     assert_rel_close(nvfp4_linear(x, q, bias, backend="triton"), expected)
+
+
+def test_nvfp4_gemm_16_bit_activations():
+    """16-bit activations: 16-bit dots, fp32 accumulation. fp16 only: Triton 3.x's interpreter
+    computes `tl.dot` on bf16 operands wrongly (errors ~1e10 on a plain 16x16 bf16 dot), so the
+    bf16 path of this kernel (the CUDA default) is checked only on a GPU (bench/gpu_check.py)."""
+    dtype = torch.float16
+    g = torch.Generator().manual_seed(10)
+    w, x, bias = torch.randn(40, 96, generator=g), torch.randn(3, 17, 96, generator=g).to(dtype), torch.randn(40, generator=g)
+    q = quantize_nvfp4(w)
+    got = nvfp4_linear_triton(x, q, bias)
+    expected = nvfp4_linear_reference(x, q, bias)  # fp32 math, rounded to x's dtype at the end
+    assert got.dtype == dtype
+    # the kernel rounds the decoded weights to fp16 before the dot (11 bits)
+    assert_rel_close(got.float(), expected.float(), rtol=2e-3)

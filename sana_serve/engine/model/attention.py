@@ -129,8 +129,11 @@ class LinearSelfAttention(nn.Module):
         self.to_v = nn.Linear(dim, inner, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim, bias=out_bias), nn.Dropout(0.0)])
         # "torch" (the code below) or "triton" (kernels.linear_attention: the same math in two
-        # passes that read q, k, v once); engine.load.set_kernels picks it per device.
+        # passes that read q, k, v once); engine.load.set_kernels picks it per device. With
+        # `kernels_fallback` (kernels="auto"), a Triton compile/launch failure is logged once and
+        # this process uses the PyTorch code from then on; forced "triton" lets the error through.
         self.kernels = "torch"
+        self.kernels_fallback = False
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 past: tuple[torch.Tensor, torch.Tensor] | None = None, request_rows: Sequence[int] | None = None):
@@ -145,9 +148,18 @@ class LinearSelfAttention(nn.Module):
         q = self.norm_q(q).unflatten(-1, (self.heads, self.head_dim))
         k = self.norm_k(k).unflatten(-1, (self.heads, self.head_dim))
         v = v.unflatten(-1, (self.heads, self.head_dim))
+        out = None
         if self.kernels == "triton":
-            out, (vk, k_sum) = self._core_triton(q, k, v, rope, past, rows)
-        else:
+            from sana_serve.kernels.linear_attention import TRITON_FALLBACK
+
+            if not (self.kernels_fallback and TRITON_FALLBACK.failed):
+                try:
+                    out, (vk, k_sum) = self._core_triton(q, k, v, rope, past, rows)
+                except Exception as err:  # noqa: BLE001 - Triton raises many types when it cannot build or launch
+                    if not self.kernels_fallback:
+                        raise
+                    TRITON_FALLBACK.record(err)
+        if out is None:
             q, k, v = F.relu(q).float(), F.relu(k).float(), v.float()
             cos, sin = rope
             q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -206,10 +218,12 @@ class CrossAttention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(inner, dim, bias=out_bias), nn.Dropout(0.0)])
 
     def project_text(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """context (B, L, C) -> k, v as (B, heads, L, head_dim)."""
+        """context (B, L, C) -> k, v as (B, heads, L, head_dim), contiguous: one request's and a
+        batch's (torch.cat) then have the same strides, so a compiled block is not recompiled for
+        a new stride (it guards on them)."""
         k = self.norm_k(self.to_k(context)).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
         v = self.to_v(context).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
-        return k, v
+        return k.contiguous(), v.contiguous()
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None,
                 request_rows: Sequence[int] | None = None) -> torch.Tensor:

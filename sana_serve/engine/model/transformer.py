@@ -294,6 +294,35 @@ class SanaVideoTransformer(nn.Module):
             offset = nf // p_t if isinstance(nf, int) else [n // p_t for n in nf]
         return self.rope(offset, frames, height, width, device)
 
+    STATE_KINDS = 3  # a block's past: none; linear-attention sums without a conv tail; both
+    _cudagraph_blocks = False  # compile_blocks("reduce-overhead"): blocks replay CUDA graphs
+
+    def compile_blocks(self, mode: str | None = "default", backend="inductor", max_requests: int = 8) -> int:
+        """torch.compile the transformer blocks (mode None: undo, back to eager). Returns the bound
+        on compilations it allows for.
+
+        Regional compilation: the blocks are one class, so all of them share one compiled graph per
+        input signature; RoPE tables, the stream state's bookkeeping and the embeddings stay eager
+        (the state's frame offset would otherwise be a new constant every chunk). dynamic=True: the
+        batch's rows and the chunk's tokens are symbolic sizes, so new shapes never recompile. What
+        still does is structure: the kind of past a block gets (STATE_KINDS) and how many requests
+        share the forward (1 .. max_requests; per-request slicing is unrolled). That bound is set
+        as dynamo's recompile limit, so a server's mix of requests never reaches the point where
+        dynamo silently falls back to eager (tests/engine/test_compile.py counts compilations).
+        """
+        import torch._dynamo
+
+        bound = self.STATE_KINDS * max_requests
+        self._cudagraph_blocks = mode == "reduce-overhead"
+        for blk in self.transformer_blocks:
+            if mode is None:
+                blk._compiled_call_impl = None  # what nn.Module.compile sets; None runs forward eagerly
+            else:
+                blk.compile(backend=backend, mode=mode, dynamic=True)
+        if mode is not None:
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, bound)
+        return bound
+
     # ---- forward --------------------------------------------------------------------------
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, timestep: torch.Tensor,
                 encoder_attention_mask: torch.Tensor | None = None, guidance: torch.Tensor | None = None,
@@ -349,7 +378,13 @@ class SanaVideoTransformer(nn.Module):
             if state is not None:
                 st = state.layers[i]
                 past, tail = (st.vk, st.k_sum), st.conv_tail
+            if self._cudagraph_blocks:  # UNTESTED (no GPU here): each block call is one graph replay
+                torch.compiler.cudagraph_mark_step_begin()
             x, (vk, k_sum), new_tail = blk(x, mod, text.kv[i], text.bias, rope, f, hh, ww, past, tail, rows)
+            if self._cudagraph_blocks:  # a replay's outputs live in static buffers the next replay
+                # overwrites (all blocks share the graph): copy them out before feeding them back in
+                x, vk, k_sum = x.clone(), vk.clone(), k_sum.clone()
+                new_tail = None if new_tail is None else new_tail.clone()
             contributions.append((vk, k_sum, new_tail))
         if update_state:
             # Past layers read the state before this chunk: folding in after the loop is the same
