@@ -509,6 +509,8 @@ class Rollout:
         if not self.full_sequence:
             self.pending_clean = x0  # folded into the state once its blocks are handed out
         self.ready = x0 if self.ready is None else torch.cat([self.ready, x0], dim=2)
+        if self.full_sequence and hasattr(self.decoder, "see"):  # a non-causal VAE (LTX-2) sees the whole clip
+            self.decoder.see(self.ready)
 
     def _take_piece(self) -> torch.Tensor | None:
         """The clean latents of the next block, if they are all there (removed from `ready`)."""
