@@ -114,6 +114,9 @@ class DecodeConfig:
     # None: no tiling
     tile: int | None = None
     tile_stride: int | None = None  # None: tile - 64 (diffusers' 512 / 448)
+    # refuse (before it starts) a request whose decode needs more than this many GiB of activations;
+    # None: on CUDA the device's memory left after loading the model, on CPU no limit
+    max_gib: float | None = None
 
 
 @dataclass

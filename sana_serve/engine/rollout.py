@@ -230,6 +230,10 @@ class RequestRules:
             raise ValueError(f"guidance_scale must be between {lim.min_guidance:g} and {lim.max_guidance:g}")
         if not isinstance(req.seed, int) or req.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {req.seed!r}")
+        self.check_memory(req)
+
+    def check_memory(self, req: GenerationRequest) -> None:
+        """Refuse a request that cannot fit before it starts (Engine: the non-causal VAE's decode)."""
 
     def plan_blocks(self, req: GenerationRequest) -> list[int]:
         """Latent frames of each block the request will be handed out in."""
@@ -269,6 +273,11 @@ class Engine(RequestRules):
         self.latent_channels = vae.latent_channels
         v = config.video
         self.latent_hw = (v.height // vae.spatial_compression, v.width // vae.spatial_compression)
+
+    def check_memory(self, req: GenerationRequest) -> None:
+        if hasattr(self.vae, "check_decode_memory") and not req.endless:  # LTX-2: its decode is the 720p peak
+            self.vae.check_decode_memory(self.request_frames(req), *self.request_size(req),
+                                         self.config.sampling.chunk_frames, self.device)
 
     # -- generation --------------------------------------------------------------------------
     @torch.no_grad()

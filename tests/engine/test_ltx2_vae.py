@@ -162,3 +162,71 @@ def test_unsupported_configs_refused(tmp_path):
         LTX2VAE(**TINY, timestep_conditioning=True)
     with pytest.raises(ValueError, match="unknown"):
         LTX2VAE(**TINY, something_new=1)
+
+
+MEASURE = """
+import gc, sys
+import torch
+from tests.tiny_sana_video_720p import VAE
+from sana_serve.engine.model.ltx2_vae import LTX2VAE, WindowedDecoder
+torch.set_num_threads(1)
+t, context = int(sys.argv[1]), None if sys.argv[2] == "none" else int(sys.argv[2])
+vae = LTX2VAE(**VAE).eval()
+z = torch.randn(1, 8, t, 8, 8, generator=torch.Generator().manual_seed(0))  # 256x256 pixels
+with torch.no_grad():
+    vae.decode(z[:, :, :2, :2, :2])  # warm-up: kernels and allocator
+    gc.collect()
+    def status(key):
+        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key))
+    with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark (VmHWM) to the current RSS
+        f.write("5")
+    base = status("VmRSS:")
+    dec = WindowedDecoder(vae, context)
+    dec.see(z)
+    pos = 0
+    for n in [1] + [2] * ((t - 1) // 2):  # blocks handed to the video encoder, then dropped
+        dec.decode(z[:, :, pos:pos + n])
+        pos += n
+    print((status("VmHWM:") - base) / 1024)
+"""
+
+
+def decode_peak_mib(t: int, context: int | None) -> float:
+    """Peak RSS growth (MiB) of decoding a t-latent-frame clip block by block, in a fresh process
+    (big allocations through mmap, so freed activations leave the RSS and the peak is the real one)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    out = subprocess.run([sys.executable, "-c", MEASURE, str(t), str(context).lower()], env=env, check=True,
+                         capture_output=True, text=True, timeout=600)
+    return float(out.stdout.strip())
+
+
+def test_windowed_decode_memory_stays_bounded_as_the_clip_grows():
+    """Measured on CPU at 256x256: the windowed decode's peak is the same for 5 and 13 latent frames
+    (33 and 97 frames); the whole-clip decode's grows with the clip. The shape estimate says the same."""
+    windowed = [decode_peak_mib(t, 1) for t in (5, 13)]
+    whole = [decode_peak_mib(t, None) for t in (5, 13)]
+    print(f"peak MiB, windowed(context=1) 5/13 latent frames: {windowed}; whole clip: {whole}")
+    assert windowed[0] > 10 and windowed[1] < 1.15 * windowed[0]
+    assert whole[1] > 1.2 * whole[0] and whole[1] - whole[0] > 5 * abs(windowed[1] - windowed[0])
+    vae = LTX2VAE(**TINY)
+    assert vae.decode_peak_bytes(13, 256, 256) > 2.5 * vae.decode_peak_bytes(5, 256, 256)
+    print(f"shape estimate MiB: window of 4 latent frames {vae.decode_peak_bytes(4, 256, 256) / 2**20:.1f}, "
+          f"whole 5 / 13: {vae.decode_peak_bytes(5, 256, 256) / 2**20:.1f} / {vae.decode_peak_bytes(13, 256, 256) / 2**20:.1f}")
+
+
+def test_decode_memory_admission_names_the_setting():
+    from sana_serve.engine.config import DecodeConfig
+
+    vae = LTX2VAE(**TINY)
+    vae.configure_decode(DecodeConfig(max_gib=0.01))
+    vae.check_decode_memory(81, 256, 256, block_latent=2)  # ~4 MiB: fits
+    with pytest.raises(ValueError, match="decode.tile: 512.*decode.context: 1") as e:
+        vae.check_decode_memory(81, 1280, 704, block_latent=2)
+    assert "\n" not in str(e.value) and "decode.max_gib" in str(e.value)
+    vae.configure_decode(DecodeConfig(max_gib=0.01, tile=128, context=1))
+    vae.check_decode_memory(81, 1280, 704, block_latent=2)  # tiles of 128 px, windows of 4 latent frames: fits

@@ -416,12 +416,14 @@ class LTX2VAE(nn.Module):
         self.tiling: SpatialTiling | None = None
         # Latent frames each side of a streamed block's window (WindowedDecoder); None: whole-clip decode (exact).
         self.decode_context: int | None = None
+        self.max_gib: float | None = None  # the decode's activation budget (config decode.max_gib)
 
     def configure_decode(self, decode) -> None:
         """Apply a config's `decode` section (engine.config.DecodeConfig): window context and tiling."""
         if decode.context is not None and decode.context < 0:
             raise ValueError(f"decode.context must be >= 0 latent frames or null (whole clip); got {decode.context}")
         self.decode_context = decode.context
+        self.max_gib = decode.max_gib
         if decode.tile is None:
             self.tiling = None
             return
@@ -431,6 +433,68 @@ class LTX2VAE(nn.Module):
             raise ValueError(f"decode.tile and decode.tile_stride must be positive multiples of {sc} pixels "
                              f"(the VAE's spatial compression); got {decode.tile} and {stride}")
         self.tiling = SpatialTiling(decode.tile, stride)
+
+    # ---- memory, from shapes ----------------------------------------------------------
+
+    def decode_activation_elements(self, latent_frames: int, height: int, width: int) -> int:
+        """Elements held at once at the decoder's worst point, for one untiled pass over `latent_frames`
+        latent frames at height x width pixels (batch 1). A walk over the stage shapes: a resnet holds
+        its input, the normalised/activated copy, the time-padded copy and the conv output (4 tensors of
+        its stage); an upsampler holds its input, the conv output, its depth-to-space copy and the
+        repeated residual. Checked against measured peaks in tests/engine/test_ltx2_vae.py."""
+        d = self.decoder
+        sc = self.spatial_compression
+        t, h, w = latent_frames, height // sc, width // sc
+        c = d.conv_in.conv.out_channels
+        peak = self.latent_channels * t * h * w + 4 * c * t * h * w
+        for block in d.up_blocks:
+            if block.conv_in is not None:
+                c = block.conv_in.conv2.conv.out_channels
+                peak = max(peak, 4 * c * t * h * w)
+            if block.upsamplers is not None:
+                up = block.upsamplers[0]
+                st, sh, sw = up.stride
+                conv_out = up.conv.conv.out_channels * t * h * w
+                t, h, w = st * t - (st - 1), sh * h, sw * w
+                c = up.conv.conv.out_channels // (st * sh * sw)
+                peak = max(peak, c * st * sh * sw * t * h * w // (st * sh * sw) + conv_out + 2 * c * t * h * w)
+            peak = max(peak, 4 * c * t * h * w)
+        out = d.conv_out.conv.out_channels * t * h * w
+        return max(peak, 2 * c * t * h * w + 2 * out)
+
+    def decode_peak_bytes(self, latent_frames: int, height: int, width: int) -> int:
+        """Peak activation bytes of one decode as configured: the whole clip, or one window
+        (`decode_context`: 2 context + the block), over one spatial tile when tiling applies."""
+        if self.tiling is not None and (height > self.tiling.tile or width > self.tiling.tile):
+            height, width = min(height, self.tiling.tile), min(width, self.tiling.tile)
+        return self.decode_activation_elements(latent_frames, height, width) * self.latents_mean.element_size()
+
+    def check_decode_memory(self, frames: int, width: int, height: int, block_latent: int,
+                            device: torch.device | str = "cpu") -> None:
+        """ValueError (one line, naming the settings that would make it fit) when decoding `frames` frames
+        at width x height, as configured, needs more than `max_gib` (config `decode.max_gib`; None: on
+        CUDA the device's free memory, on CPU no limit)."""
+        budget = None if self.max_gib is None else self.max_gib * 2**30
+        device = torch.device(device)
+        if budget is None and device.type == "cuda":  # untested here (no GPU): free memory after the model loaded
+            free, _ = torch.cuda.mem_get_info(device)
+            budget = free
+        if budget is None:
+            return
+        latent = 1 + (frames - 1) // self.temporal_compression
+        window = latent if self.decode_context is None else min(latent, block_latent + 2 * self.decode_context)
+        need = self.decode_peak_bytes(window, height, width)
+        if need <= budget:
+            return
+        hints = []
+        if self.tiling is None:
+            hints.append("decode.tile: 512 (spatial tiles)")
+        if self.decode_context is None or window > block_latent + 2:
+            hints.append("decode.context: 1 (temporal windows)")
+        hints.append("fewer frames or a smaller size")
+        raise ValueError(f"this request's VAE decode ({frames} frames at {width}x{height}) needs about "
+                         f"{need / 2**30:.1f} GiB of activations, more than the {budget / 2**30:.1f} GiB available "
+                         f"(decode.max_gib); set {' or '.join(hints)}")
 
     # ---- the 1 + 8k rule ------------------------------------------------------------
 
