@@ -373,6 +373,11 @@ class SpatialTiling:
         tile_l, stride_l = self.tile // sc, self.stride // sc
         blend = self.tile - self.stride
         h, w = z.shape[-2:]
+        for size in (h, w):  # the reflect padding of a conv needs 2 latent pixels (diffusers fails the same way)
+            if any(min(tile_l, size - start) < 2 for start in range(0, size, stride_l)):
+                raise ValueError(f"spatial tiles of {self.tile} px every {self.stride} px leave an edge tile under "
+                                 f"2 latent pixels on a {size}-latent side; pick decode.tile / decode.tile_stride "
+                                 f"so the last tile is wider")
         rows = [[decoder(z[:, :, :, i: i + tile_l, j: j + tile_l]) for j in range(0, w, stride_l)]
                 for i in range(0, h, stride_l)]
         out_rows = []
