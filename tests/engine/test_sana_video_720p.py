@@ -88,3 +88,14 @@ def test_bad_decode_setting_is_one_line(ckpt, tmp_path, capsys):
                  "--size", f"{tiny.WIDTH}x{tiny.HEIGHT}", "--out", str(tmp_path / "x.npy")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "decode.tile" in err
+
+
+def test_job_that_cannot_fit_is_refused_before_it_starts(ckpt, tmp_path, capsys):
+    """decode.max_gib below the decode's estimate: refused at validation (the server's 400, before any
+    denoising), one line naming the settings that would make it fit."""
+    config = release_config_at(tmp_path, ckpt["root"], max_gib=1e-6)
+    assert main(["generate", "--prompt", PROMPT, "--config", config, "--frames", "17",
+                 "--size", f"{tiny.WIDTH}x{tiny.HEIGHT}", "--out", str(tmp_path / "x.npy")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "decode.tile" in err and "decode.context" in err and "decode.max_gib" in err
+    assert not (tmp_path / "x.npy").exists()
