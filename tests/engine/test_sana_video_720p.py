@@ -99,3 +99,24 @@ def test_job_that_cannot_fit_is_refused_before_it_starts(ckpt, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "decode.tile" in err and "decode.context" in err and "decode.max_gib" in err
     assert not (tmp_path / "x.npy").exists()
+
+
+@pytest.mark.parametrize("context", [None, 1])
+def test_snapshot_between_blocks_resumes_identically(ckpt, tmp_path, context):
+    """A server checkpoints after every block; the LTX-2 stream decoder's clip and position travel in the
+    snapshot, so a resumed rollout hands out the same remaining blocks (whole-clip and windowed decode)."""
+    from sana_serve.engine import GenerationRequest, load_engine
+    from sana_serve.engine.rollout import Rollout
+
+    engine = load_engine(release_config_at(tmp_path, ckpt["root"], context=context), device="cpu")
+    request = GenerationRequest(PROMPT, None, seed=4, frames=33, num_inference_steps=2, width=tiny.WIDTH,
+                                height=tiny.HEIGHT)
+    whole = [b.frames for b in engine.stream(request)]
+    assert [len(f) for f in whole] == [1, 16, 16]
+    rollout = Rollout(engine, request)
+    rollout.next_block()
+    resumed = Rollout.restore(engine, request, rollout.snapshot())
+    rest = []
+    while not resumed.done:
+        rest.append(resumed.next_block().frames)
+    assert len(rest) == 2 and all(np.array_equal(g, e) for g, e in zip(rest, whole[1:]))

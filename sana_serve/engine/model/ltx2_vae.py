@@ -627,20 +627,43 @@ class WindowedDecoder:
         if context is not None and context < 0:
             raise ValueError(f"decode context must be >= 0 latent frames or None (whole clip); got {context}")
         self.vae, self.context = vae, context
-        self.cache: dict = {}  # the rollout's snapshot protocol: this decoder keeps no module state
-        self.clip: torch.Tensor | None = None
-        self.decoded: torch.Tensor | None = None  # the whole clip's frames (context=None)
-        self.position = 0  # latent frames already handed out
+        # The rollout snapshots and restores a stream decoder's `cache` (module -> tensor, saved under the
+        # module's name). What this decoder must carry across a resume, the clip's latents and how many
+        # latent frames are handed out, lives there, keyed by the decoder module and its conv_in.
+        self.cache: dict = {}
+        self.decoded: torch.Tensor | None = None  # the whole clip's frames (context=None); recomputed on resume
+
+    @property
+    def clip(self) -> torch.Tensor | None:
+        return self.cache.get(self.vae.decoder)
+
+    @clip.setter
+    def clip(self, latents: torch.Tensor | None) -> None:
+        if latents is None:
+            self.cache.pop(self.vae.decoder, None)
+        else:
+            self.cache[self.vae.decoder] = latents
+
+    @property
+    def position(self) -> int:
+        """Latent frames already handed out."""
+        held = self.cache.get(self.vae.decoder.conv_in)
+        return 0 if held is None else int(held)
+
+    @position.setter
+    def position(self, value: int) -> None:
+        self.cache[self.vae.decoder.conv_in] = torch.tensor(value)
 
     def see(self, latents: torch.Tensor) -> None:
         self.clip, self.decoded = latents, None
 
     def reset(self) -> None:
-        self.clip, self.decoded, self.position = None, None, 0
+        self.cache.clear()
+        self.decoded = None
 
     @property
     def nbytes(self) -> int:
-        held = [t for t in (self.clip, self.decoded) if t is not None]
+        held = [t for t in (*self.cache.values(), self.decoded) if t is not None]
         return sum(t.numel() * t.element_size() for t in held)
 
     def decode(self, piece: torch.Tensor) -> torch.Tensor:
