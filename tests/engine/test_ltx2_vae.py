@@ -223,10 +223,10 @@ def test_decode_memory_admission_names_the_setting():
     from sana_serve.engine.config import DecodeConfig
 
     vae = LTX2VAE(**TINY)
-    vae.configure_decode(DecodeConfig(max_gib=0.01))
-    vae.check_decode_memory(81, 256, 256, block_latent=2)  # ~4 MiB: fits
+    vae.configure_decode(DecodeConfig(max_gib=0.2))
+    vae.check_decode_memory(81, 256, 256, block_latent=2)  # ~0.1 GiB: fits
     with pytest.raises(ValueError, match="decode.tile: 512.*decode.context: 1") as e:
         vae.check_decode_memory(81, 1280, 704, block_latent=2)
     assert "\n" not in str(e.value) and "decode.max_gib" in str(e.value)
-    vae.configure_decode(DecodeConfig(max_gib=0.01, tile=128, context=1))
+    vae.configure_decode(DecodeConfig(max_gib=0.2, tile=128, context=1))
     vae.check_decode_memory(81, 1280, 704, block_latent=2)  # tiles of 128 px, windows of 4 latent frames: fits

@@ -498,7 +498,7 @@ class LTX2VAE(nn.Module):
             hints.append("decode.context: 1 (temporal windows)")
         hints.append("fewer frames or a smaller size")
         raise ValueError(f"this request's VAE decode ({frames} frames at {width}x{height}) needs about "
-                         f"{need / 2**30:.1f} GiB of activations, more than the {budget / 2**30:.1f} GiB available "
+                         f"{need / 2**30:.2f} GiB of activations, more than the {budget / 2**30:.2f} GiB available "
                          f"(decode.max_gib); set {' or '.join(hints)}")
 
     # ---- the 1 + 8k rule ------------------------------------------------------------
