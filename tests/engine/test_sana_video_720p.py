@@ -120,3 +120,11 @@ def test_snapshot_between_blocks_resumes_identically(ckpt, tmp_path, context):
     while not resumed.done:
         rest.append(resumed.next_block().frames)
     assert len(rest) == 2 and all(np.array_equal(g, e) for g, e in zip(rest, whole[1:]))
+
+
+def test_720p_resolution_bins_are_diffusers():
+    from diffusers.pipelines.sana_video.pipeline_sana_video import ASPECT_RATIO_720_BIN
+
+    from sana_serve.engine.config import resolution_bins
+
+    assert sorted(resolution_bins(22)) == sorted((int(w), int(h)) for h, w in ASPECT_RATIO_720_BIN.values())
