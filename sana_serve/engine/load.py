@@ -188,4 +188,8 @@ def load_engine(config: str | os.PathLike | ModelConfig | None = None, checkpoin
         from sana_serve.engine.scheduler import load_scheduler
 
         scheduler = load_scheduler(root)  # the checkpoint's own (DPM-Solver++ with flow sigmas for SANA-Video)
-    return Engine(transformer, vae.to(device), text, cfg, device, scheduler=scheduler, batch_invariant=batch_invariant)
+    engine = Engine(transformer, vae.to(device), text, cfg, device, scheduler=scheduler, batch_invariant=batch_invariant)
+    if getattr(vae, "max_gib", False) is None and device.type == "cuda":  # UNTESTED (no GPU here)
+        # the decode budget: what the device has free with every weight loaded and no job running yet
+        vae.max_gib = torch.cuda.mem_get_info(device)[0] / 2**30
+    return engine

@@ -277,7 +277,7 @@ class Engine(RequestRules):
     def check_memory(self, req: GenerationRequest) -> None:
         if hasattr(self.vae, "check_decode_memory") and not req.endless:  # LTX-2: its decode is the 720p peak
             self.vae.check_decode_memory(self.request_frames(req), *self.request_size(req),
-                                         self.config.sampling.chunk_frames, self.device)
+                                         self.config.sampling.chunk_frames)
 
     # -- generation --------------------------------------------------------------------------
     @torch.no_grad()

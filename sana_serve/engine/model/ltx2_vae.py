@@ -474,18 +474,13 @@ class LTX2VAE(nn.Module):
             height, width = min(height, self.tiling.tile), min(width, self.tiling.tile)
         return self.decode_activation_elements(latent_frames, height, width) * self.latents_mean.element_size()
 
-    def check_decode_memory(self, frames: int, width: int, height: int, block_latent: int,
-                            device: torch.device | str = "cpu") -> None:
+    def check_decode_memory(self, frames: int, width: int, height: int, block_latent: int) -> None:
         """ValueError (one line, naming the settings that would make it fit) when decoding `frames` frames
-        at width x height, as configured, needs more than `max_gib` (config `decode.max_gib`; None: on
-        CUDA the device's free memory, on CPU no limit)."""
-        budget = None if self.max_gib is None else self.max_gib * 2**30
-        device = torch.device(device)
-        if budget is None and device.type == "cuda":  # untested here (no GPU): free memory after the model loaded
-            free, _ = torch.cuda.mem_get_info(device)
-            budget = free
-        if budget is None:
+        at width x height, as configured, needs more than `max_gib` (config `decode.max_gib`; unset, load_engine
+        sets it on CUDA to the device's free memory with the model loaded; on CPU no limit)."""
+        if self.max_gib is None:  # load_engine sets it on CUDA (the memory free after loading); CPU: no limit
             return
+        budget = self.max_gib * 2**30
         latent = 1 + (frames - 1) // self.temporal_compression
         window = latent if self.decode_context is None else min(latent, block_latent + 2 * self.decode_context)
         need = self.decode_peak_bytes(window, height, width)
