@@ -30,10 +30,13 @@ DEFAULT_CONFIG = "shapes-tiny"
 MODES = ("block_causal", "full_sequence")
 
 # The sizes a SANA-Video checkpoint was trained at, as diffusers' SanaVideoPipeline keys them: by the
-# transformer's `sample_size` (30: 480p, ASPECT_RATIO_480_BIN). (width, height), diffusers lists (h, w).
+# transformer's `sample_size` (30: 480p, ASPECT_RATIO_480_BIN; 22: 720p). (width, height), diffusers lists (h, w).
 _RESOLUTION_BINS = {
     30: [(896, 448), (832, 480), (768, 528), (720, 560), (624, 624), (592, 672), (560, 720), (528, 768),
          (496, 816), (480, 832), (448, 896)],
+    # 22: 720p (SANA-Video 2B/720p, LTX-2 VAE), ASPECT_RATIO_720_BIN
+    22: [(1344, 672), (1280, 704), (1152, 800), (1088, 832), (960, 960), (896, 1024), (832, 1088), (800, 1152),
+         (736, 1248), (704, 1280), (672, 1344)],
 }
 
 
@@ -103,6 +106,20 @@ class LimitsConfig:
 
 
 @dataclass
+class DecodeConfig:
+    """How a non-causal VAE (LTX-2, 720p) decodes; causal VAEs stream exactly and ignore it."""
+    # latent frames each side of a streamed block's window; None: the whole clip at once (exact)
+    context: int | None = None
+    # spatial tiles of `tile` pixels every `tile_stride` pixels, blended (diffusers' tiled decode);
+    # None: no tiling
+    tile: int | None = None
+    tile_stride: int | None = None  # None: tile - 64 (diffusers' 512 / 448)
+    # refuse (before it starts) a request whose decode needs more than this many GiB of activations;
+    # None: on CUDA the device's memory left after loading the model, on CPU no limit
+    max_gib: float | None = None
+
+
+@dataclass
 class ModelConfig:
     name: str
     checkpoint: Path | None = None
@@ -116,6 +133,7 @@ class ModelConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
     source: Path | None = None
 
 
@@ -164,6 +182,7 @@ def load_config(name_or_path: str | os.PathLike = DEFAULT_CONFIG) -> ModelConfig
         sampling=_section(SamplingConfig, data.pop("sampling", None), f"{path}: sampling"),
         video=_section(VideoConfig, data.pop("video", None), f"{path}: video"),
         limits=_section(LimitsConfig, data.pop("limits", None), f"{path}: limits"),
+        decode=_section(DecodeConfig, data.pop("decode", None), f"{path}: decode"),
         source=path,
     )
     checkpoint = data.pop("checkpoint", None)

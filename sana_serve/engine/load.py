@@ -104,7 +104,13 @@ def default_config_name(checkpoint: str | os.PathLike | None) -> str:
             return "shapes-tiny"
     elif not is_hub_repo_id(name):
         return "shapes-tiny"
-    return "longsana-2b-480p" if "longlive" in name.lower() else "sana-video-2b-480p"
+    if "longlive" in name.lower():
+        return "longsana-2b-480p"
+    vae_config = root / "vae" / "config.json"  # the 720p release differs from the 480p one by its LTX-2 VAE
+    if "720p" in name.lower() or (vae_config.is_file()
+                                  and json.loads(vae_config.read_text()).get("_class_name") == "AutoencoderKLLTX2Video"):
+        return "sana-video-2b-720p"
+    return "sana-video-2b-480p"
 
 
 def resolve_checkpoint(spec: str | os.PathLike) -> Path:
@@ -181,6 +187,11 @@ def load_engine(config: str | os.PathLike | ModelConfig | None = None, checkpoin
     caption = transformer.config["caption_channels"]
     if text.hidden_size != caption:
         raise ConfigError(f"text encoder is {text.hidden_size} wide but the transformer expects {caption}")
+    if hasattr(vae, "configure_decode"):  # a non-causal VAE: whole-clip or windowed, tiled or not (config `decode`)
+        try:
+            vae.configure_decode(cfg.decode)
+        except ValueError as e:
+            raise ConfigError(f"config {cfg.name}: {e}") from None
     if cfg.video.height % vae.spatial_compression or cfg.video.width % vae.spatial_compression:
         raise ConfigError(f"video size {cfg.video.width}x{cfg.video.height} is not a multiple of the VAE's "
                           f"{vae.spatial_compression}x spatial compression")
@@ -206,4 +217,8 @@ def load_engine(config: str | os.PathLike | ModelConfig | None = None, checkpoin
         from sana_serve.engine.scheduler import load_scheduler
 
         scheduler = load_scheduler(root)  # the checkpoint's own (DPM-Solver++ with flow sigmas for SANA-Video)
-    return Engine(transformer, vae.to(device=device, dtype=VAE_DTYPE), text, cfg, device, scheduler=scheduler, batch_invariant=batch_invariant)
+    engine = Engine(transformer, vae.to(device=device, dtype=VAE_DTYPE), text, cfg, device, scheduler=scheduler, batch_invariant=batch_invariant)
+    if getattr(vae, "max_gib", False) is None and device.type == "cuda":  # UNTESTED (no GPU here)
+        # the decode budget: what the device has free with every weight loaded and no job running yet
+        vae.max_gib = torch.cuda.mem_get_info(device)[0] / 2**30
+    return engine

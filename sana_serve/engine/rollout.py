@@ -240,6 +240,10 @@ class RequestRules:
             raise ValueError(f"guidance_scale must be between {lim.min_guidance:g} and {lim.max_guidance:g}")
         if not isinstance(req.seed, int) or req.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {req.seed!r}")
+        self.check_memory(req)
+
+    def check_memory(self, req: GenerationRequest) -> None:
+        """Refuse a request that cannot fit before it starts (Engine: the non-causal VAE's decode)."""
 
     def plan_blocks(self, req: GenerationRequest) -> list[int]:
         """Latent frames of each block the request will be handed out in."""
@@ -337,6 +341,11 @@ class Engine(RequestRules):
             raise ValueError(f"this request needs about {self.request_bytes(req) / 2**30:.1f} GiB of device memory and "
                              f"this server has {self.memory_budget / 2**30:.1f} GiB for requests: ask for fewer seconds, "
                              f"a smaller size or guidance_scale 1")
+
+    def check_memory(self, req: GenerationRequest) -> None:
+        if hasattr(self.vae, "check_decode_memory") and not req.endless:  # LTX-2: its decode is the 720p peak
+            self.vae.check_decode_memory(self.request_frames(req), *self.request_size(req),
+                                         self.config.sampling.chunk_frames)
 
     # -- generation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -622,6 +631,8 @@ class Rollout:
         if not self.full_sequence:
             self.pending_clean = x0  # folded into the state once its blocks are handed out
         self.ready = x0 if self.ready is None else torch.cat([self.ready, x0], dim=2)
+        if self.full_sequence and hasattr(self.decoder, "see"):  # a non-causal VAE (LTX-2) sees the whole clip
+            self.decoder.see(self.ready)
 
     def _take_piece(self) -> torch.Tensor | None:
         """The clean latents of the next block, if they are all there (removed from `ready`)."""

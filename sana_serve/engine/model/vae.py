@@ -433,8 +433,8 @@ def decode_streams(decoders: list[StreamingVAEDecoder], latents: list[torch.Tens
     The chunks must have the same shape and the decoders the same progress (all fresh, or all
     past their first chunk). One decoder alone takes the plain path, bit-identical to `decode`.
     """
-    if len(decoders) == 1:
-        return [decoders[0].decode(latents[0])]
+    if len(decoders) == 1 or not getattr(decoders[0], "batched", True):  # windowed decoders: one at a time
+        return [d.decode(x) for d, x in zip(decoders, latents)]
     keys = set(decoders[0].cache)
     if any(set(d.cache) != keys for d in decoders):
         raise ValueError("decode_streams needs decoders at the same progress (all fresh or all started)")
@@ -460,9 +460,10 @@ def vae_classes() -> dict[str, type[nn.Module]]:
     share the interface used by the engine: encode, decode, stream_decoder, stream_encoder,
     temporal_compression, spatial_compression, latent_channels (and `_decode(latents, cache)` /
     `_encode_moments(video, cache)` with a `Cache` dict, for the streaming classes above)."""
-    from sana_serve.engine.model.wan_vae import CLASS_NAME as WAN_CLASS_NAME, WanVAE  # wan_vae imports this module
+    from sana_serve.engine.model.ltx2_vae import CLASS_NAME as LTX2_CLASS_NAME, LTX2VAE  # both import this module
+    from sana_serve.engine.model.wan_vae import CLASS_NAME as WAN_CLASS_NAME, WanVAE
 
-    return {"CausalVideoVAE": CausalVideoVAE, WAN_CLASS_NAME: WanVAE}
+    return {"CausalVideoVAE": CausalVideoVAE, WAN_CLASS_NAME: WanVAE, LTX2_CLASS_NAME: LTX2VAE}
 
 
 def load_vae(directory: str | Path, device: str | torch.device = "cpu") -> nn.Module:
