@@ -335,17 +335,16 @@ class Engine(RequestRules):
         """Whether these requests can run together within the memory budget."""
         return self.memory_budget is None or sum(self.request_bytes(r) for r in requests) <= self.memory_budget
 
-    def validate(self, req: GenerationRequest) -> None:
-        super().validate(req)
-        if self.memory_budget is not None and self.request_bytes(req) > self.memory_budget:
-            raise ValueError(f"this request needs about {self.request_bytes(req) / 2**30:.1f} GiB of device memory and "
-                             f"this server has {self.memory_budget / 2**30:.1f} GiB for requests: ask for fewer seconds, "
-                             f"a smaller size or guidance_scale 1")
-
     def check_memory(self, req: GenerationRequest) -> None:
-        if hasattr(self.vae, "check_decode_memory") and not req.endless:  # LTX-2: its decode is the 720p peak
+        """Refuse, before it starts, a request that can never fit: first the non-causal VAE's decode (LTX-2:
+        the 720p peak; its error names the decode settings that would make it fit), then the whole request."""
+        if hasattr(self.vae, "check_decode_memory") and not req.endless:
             self.vae.check_decode_memory(self.request_frames(req), *self.request_size(req),
                                          self.config.sampling.chunk_frames)
+        if self.memory_budget is not None and (need := self.request_bytes(req)) > self.memory_budget:
+            raise ValueError(f"this request needs about {need / 2**30:.1f} GiB of device memory and "
+                             f"this server has {self.memory_budget / 2**30:.1f} GiB for requests: ask for fewer seconds, "
+                             f"a smaller size or guidance_scale 1")
 
     # -- generation --------------------------------------------------------------------------
     @torch.no_grad()
