@@ -511,8 +511,10 @@ class Rollout:
         # The clean latents of the blocks decoded so far, on the host: a checkpoint carries them instead
         # of the decoder's cache (GBs at 480p), and restore() rebuilds the cache by decoding them again.
         # None once they outgrow the cache (a very long video), and for an endless session (they would
-        # grow without end): checkpoints then carry the cache itself.
-        self.decoded_latents: list[torch.Tensor] | None = None if request.endless else []
+        # grow without end): checkpoints then carry the cache itself. So does a non-causal decoder (LTX-2,
+        # `see`): its cache is already just the clip's latents and how far it has handed them out.
+        replays = not request.endless and not hasattr(self.decoder, "see")
+        self.decoded_latents: list[torch.Tensor] | None = [] if replays else None
         self.pending_clean: torch.Tensor | None = None  # last chunk, not yet folded into the state
         self.ready: torch.Tensor | None = None  # clean latent frames not yet decoded (1, C, n, h, w)
         self.next_index = 0  # next block to hand out
