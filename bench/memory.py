@@ -15,7 +15,6 @@ Usage: python bench/memory.py [config ...]   (default: shapes-tiny longsana-2b-4
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 import torch

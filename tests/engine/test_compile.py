@@ -2,7 +2,6 @@
 
 A counting backend stands in for Inductor (the graphs dynamo captures and the guards that trigger
 recompiles are the same; Inductor would only take minutes per graph on this CPU)."""
-import pytest
 import torch
 import torch._dynamo
 from torch._dynamo.testing import CompileCounter

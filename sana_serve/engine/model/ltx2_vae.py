@@ -28,15 +28,12 @@ cannot keep a small causal cache. Three paths, one idea each:
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sana_serve.engine.model.vae import CONFIG_NAME, WEIGHTS_NAME
+from sana_serve.engine.model.vae import DiffusersVAEFiles
 
 CLASS_NAME = "AutoencoderKLLTX2Video"
 
@@ -398,10 +395,12 @@ class SpatialTiling:
 # --------------------------------------------------------------------------------------
 
 
-class LTX2VAE(nn.Module):
+class LTX2VAE(DiffusersVAEFiles, nn.Module):
     """`AutoencoderKLLTX2Video` behind the engine's VAE interface: `encode`, `decode`, `stream_decoder()`,
     `stream_encoder()`, `latent_channels`, `temporal_compression`, `spatial_compression`, `num_frames` /
     `num_latent_frames` (the 1 + 8k rule). `tiling` (a SpatialTiling or None) applies to every decode."""
+
+    diffusers_class = CLASS_NAME
 
     def __init__(self, **config):
         super().__init__()
@@ -569,33 +568,6 @@ class LTX2VAE(nn.Module):
 
     def stream_decoder(self) -> "WindowedDecoder":
         return WindowedDecoder(self, self.decode_context)
-
-    # ---- checkpoints ----------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "LTX2VAE":
-        """Load a diffusers `vae/` folder (config.json + diffusion_pytorch_model.safetensors), strict keys."""
-        directory = Path(directory)
-        config = json.loads((directory / CONFIG_NAME).read_text())
-        name = config.get("_class_name", CLASS_NAME)
-        if name != CLASS_NAME:
-            raise ValueError(f"{directory / CONFIG_NAME} describes a {name}, not an {CLASS_NAME}")
-        try:
-            model = cls(**config)
-        except ValueError as e:
-            raise ValueError(f"{directory / CONFIG_NAME}: {e}") from None
-        weights = directory / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
-        model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
-        return model.to(device).eval()
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """config.json + safetensors in diffusers' layout (AutoencoderKLLTX2Video.from_pretrained loads it)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_NAME).write_text(json.dumps({"_class_name": CLASS_NAME, **self.config}, indent=2) + "\n")
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(directory / WEIGHTS_NAME))
 
 
 class WindowedDecoder:

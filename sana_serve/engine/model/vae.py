@@ -60,6 +60,40 @@ from sana_serve.engine.memory import storage_bytes
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
+
+class DiffusersVAEFiles:
+    """A VAE module stored as diffusers stores its `AutoencoderKL*` (config.json + safetensors in `vae/`), so
+    diffusers loads what we save and we load its folders with strict keys. The class sets `diffusers_class`
+    (the `_class_name` it answers to) and keeps its constructor keywords in `self.config`."""
+
+    diffusers_class: str
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu"):
+        """Load a diffusers `vae/` folder (config.json + diffusion_pytorch_model.safetensors), strict keys."""
+        directory = Path(directory)
+        config = json.loads((directory / CONFIG_NAME).read_text())
+        name = config.get("_class_name", cls.diffusers_class)
+        if name != cls.diffusers_class:
+            raise ValueError(f"{directory / CONFIG_NAME} describes a {name}, not an {cls.diffusers_class}")
+        try:
+            model = cls(**config)
+        except ValueError as e:
+            raise ValueError(f"{directory / CONFIG_NAME}: {e}") from None
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
+        model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
+        return model.to(device).eval()
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write config.json and the safetensors weights in diffusers' layout (its class's from_pretrained loads it)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"_class_name": self.diffusers_class, **self.config}
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(directory / WEIGHTS_NAME))
+
 # A cache maps each causal conv to the last (kernel_t - 1) frames of its input, in the
 # frame-major layout (B, kernel_t - 1, C, H, W). `None` means "start of the video":
 # the past is zeros, exactly what a fresh cache holds.

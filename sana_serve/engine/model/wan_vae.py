@@ -34,16 +34,13 @@ weights: encode and decode bit-identical in fp32 and bf16 (tests/engine/test_wan
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sana_serve.engine.model.vae import CONFIG_NAME, WEIGHTS_NAME, Cache, StreamingVAEDecoder, StreamingVAEEncoder
+from sana_serve.engine.model.vae import DiffusersVAEFiles, Cache, StreamingVAEDecoder, StreamingVAEEncoder
 
 CLASS_NAME = "AutoencoderKLWan"  # the `_class_name` in a diffusers vae/config.json
 
@@ -325,7 +322,7 @@ def wan_config(config: dict) -> dict:
     return cfg
 
 
-class WanVAE(nn.Module):
+class WanVAE(DiffusersVAEFiles, nn.Module):
     """Wan2.1 VAE: video (B, 3, 1+4k, H, W) in [-1, 1] <-> normalised latents (B, 16, 1+k, H/8, W/8).
 
     The engine's VAE interface (as `CausalVideoVAE`): `encode`, `decode`, `stream_decoder()`,
@@ -333,6 +330,8 @@ class WanVAE(nn.Module):
     `num_frames(t)` / `num_latent_frames(frames)` for the 1 + 4k rule. Keywords and state-dict
     keys are those of diffusers' `AutoencoderKLWan`.
     """
+
+    diffusers_class = CLASS_NAME
 
     def __init__(self, **config):
         super().__init__()
@@ -447,30 +446,3 @@ class WanVAE(nn.Module):
         Its first chunk gives 1 + 4(t-1) frames, every later one 4t. The cache (`.nbytes`) is the last
         two input frames of every causal conv: constant from the second chunk on."""
         return StreamingVAEDecoder(self)
-
-    # ---- checkpoints ----------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> WanVAE:
-        """Load a diffusers `vae/` folder (config.json + diffusion_pytorch_model.safetensors), strict keys."""
-        directory = Path(directory)
-        config = json.loads((directory / CONFIG_NAME).read_text())
-        name = config.get("_class_name", CLASS_NAME)
-        if name != CLASS_NAME:
-            raise ValueError(f"{directory / CONFIG_NAME} describes a {name}, not an {CLASS_NAME}")
-        try:
-            model = cls(**config)
-        except ValueError as e:
-            raise ValueError(f"{directory / CONFIG_NAME}: {e}") from None
-        weights = directory / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
-        model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
-        return model.to(device).eval()
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write config.json and the safetensors weights in diffusers' layout (AutoencoderKLWan loads it)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_NAME).write_text(json.dumps({"_class_name": CLASS_NAME, **self.config}, indent=2) + "\n")
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(directory / WEIGHTS_NAME))
